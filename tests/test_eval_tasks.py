@@ -178,7 +178,9 @@ def test_multikey_distractors_share_the_template() -> None:
 
 def test_multivalue_asks_for_every_value() -> None:
     s = sample("multivalue", length=10000)
-    found = re.findall(r"One of the special magic numbers for " + re.escape(s.meta["key"]) + r" is: (\d{7})\.", s.context)
+    found = re.findall(
+        r"One of the special magic numbers for " + re.escape(s.meta["key"]) + r" is: (\d{7})\.", s.context
+    )
     assert sorted(found) == sorted(s.answers) and len(s.answers) == 4
     assert len(s.evidence) == 4
     assert s.question == f"What are all the special magic numbers for {s.meta['key']} mentioned in the provided text?"

@@ -62,7 +62,9 @@ def _run(seg: Segmenter, chunks: Sequence[Sequence[int]]) -> tuple[list[Segment]
     return pushed, tail
 
 
-def _check_tiling(segs: list[Segment], stream: list[int], length: int, overlap: int, start_seq: int, start_pos: int) -> None:
+def _check_tiling(
+    segs: list[Segment], stream: list[int], length: int, overlap: int, start_seq: int, start_pos: int
+) -> None:
     """Segments minus their shared prefix tile the stream exactly; offsets and seq are consistent."""
     rebuilt: list[int] = []
     for k, s in enumerate(segs):
@@ -82,7 +84,9 @@ def _check_tiling(segs: list[Segment], stream: list[int], length: int, overlap: 
 
 @settings(max_examples=200, deadline=None)
 @given(layout=layouts(), stream=streams, line_aware=st.booleans(), data=st.data())
-def test_any_chunking_gives_identical_segments(layout: dict, stream: list[int], line_aware: bool, data: st.DataObject) -> None:
+def test_any_chunking_gives_identical_segments(
+    layout: dict, stream: list[int], line_aware: bool, data: st.DataObject
+) -> None:
     boundary = BOUNDARY if line_aware else None
     cuts = data.draw(st.lists(st.integers(0, len(stream)), max_size=40))
     a = _run(Segmenter(**layout, boundary_ids=boundary), _chunks(stream, cuts))
@@ -176,7 +180,10 @@ def test_line_aware_example() -> None:
 def test_overlap_and_flush_examples() -> None:
     seg = Segmenter(4, overlap=2, start_seq=3, start_pos=100)
     out = seg.push([1, 2, 3, 4, 5, 6])
-    assert [(s.seq, s.start, s.end, s.tokens) for s in out] == [(3, 100, 104, (1, 2, 3, 4)), (4, 102, 106, (3, 4, 5, 6))]
+    assert [(s.seq, s.start, s.end, s.tokens) for s in out] == [
+        (3, 100, 104, (1, 2, 3, 4)),
+        (4, 102, 106, (3, 4, 5, 6)),
+    ]
     assert seg.pending == (5, 6) and seg.carried == 2 and seg.position == 106 and seg.next_seq == 5
     assert seg.flush() == []  # only overlap pending: no overlap-only segment
     (tail,) = seg.push([7]) + seg.flush()

@@ -111,7 +111,9 @@ class StoreMachine(RuleBasedStateMachine):
                 self.store.offer(segment, score, question_id=qid)
             return
         result = self.store.offer(segment, score, question_id=qid, scores={"nll": -score})
-        kept, evicted = self.ref.offer(StoreEntry(segment=segment, score=score, question_id=qid, scores={"nll": -score}))
+        kept, evicted = self.ref.offer(
+            StoreEntry(segment=segment, score=score, question_id=qid, scores={"nll": -score})
+        )
         assert result == Offer(kept, evicted)
         if not kept:
             assert seq not in self.store
@@ -131,7 +133,10 @@ class StoreMachine(RuleBasedStateMachine):
             assert e.scores == ({"entropy": 1.0} if e.segment.seq == chosen[0] else {})
         self.ref.entries = [
             msgspec.structs.replace(
-                e, score=new[e.segment.seq], question_id=qid, scores={"entropy": 1.0} if e.segment.seq == chosen[0] else {}
+                e,
+                score=new[e.segment.seq],
+                question_id=qid,
+                scores={"entropy": 1.0} if e.segment.seq == chosen[0] else {},
             )
             if e.segment.seq in new
             else e
@@ -447,7 +452,9 @@ def test_from_snapshot_rejects_corrupted(snap: StoreSnapshot, match: str) -> Non
 
 def test_nan_survives_msgpack_but_from_snapshot_rejects_it() -> None:
     entry = StoreEntry(segment=seg(0), score=math.nan)
-    snap = msgspec.msgpack.decode(msgspec.msgpack.encode(StoreSnapshot(max_segments=2, entries=[entry])), type=StoreSnapshot)
+    snap = msgspec.msgpack.decode(
+        msgspec.msgpack.encode(StoreSnapshot(max_segments=2, entries=[entry])), type=StoreSnapshot
+    )
     with pytest.raises(ValueError, match="finite"):
         SegmentStore.from_snapshot(snap)
 

@@ -173,7 +173,9 @@ def _byte_level_bytes(tok: Tokenizer, ids: list[int]) -> bytes:
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(text=texts, data=st.data())
-def test_byte_level_any_chunking_equals_one_shot(tiny: Tokenizer, tiny_ref: Tokenizer, text: str, data: st.DataObject) -> None:
+def test_byte_level_any_chunking_equals_one_shot(
+    tiny: Tokenizer, tiny_ref: Tokenizer, text: str, data: st.DataObject
+) -> None:
     cuts_a = data.draw(st.lists(st.integers(0, len(text)), max_size=30))
     cuts_b = data.draw(st.lists(st.integers(0, len(text)), max_size=30))
     ids_a, _ = _run(IncrementalTokenizer(tiny), _chunks(text, cuts_a))
@@ -185,7 +187,9 @@ def test_byte_level_any_chunking_equals_one_shot(tiny: Tokenizer, tiny_ref: Toke
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(text=texts, data=st.data())
-def test_byte_level_small_bound_is_chunking_invariant(tiny: Tokenizer, tiny_ref: Tokenizer, text: str, data: st.DataObject) -> None:
+def test_byte_level_small_bound_is_chunking_invariant(
+    tiny: Tokenizer, tiny_ref: Tokenizer, text: str, data: st.DataObject
+) -> None:
     """With a tiny max_pending_chars forced cuts happen, yet chunking still never matters."""
     text = text * 3
     cuts = data.draw(st.lists(st.integers(0, len(text)), max_size=40))
@@ -311,7 +315,9 @@ def test_modes(name: str, mode: str) -> None:
 
 
 @pytest.mark.parametrize("name", ["llama2", "metaspace", "prefix_space"])
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
 @given(text=texts, data=st.data())
 def test_other_tokenizers_are_chunking_invariant(name: str, text: str, data: st.DataObject) -> None:
     tok = _other(name)
@@ -358,7 +364,9 @@ def test_rejects_non_tokenizers_and_bad_arguments(tiny: Tokenizer) -> None:
 
 def test_accepts_transformers_fast_tokenizer(tiny: Tokenizer, tiny_ref: Tokenizer) -> None:
     transformers = pytest.importorskip("transformers")
-    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tiny, bos_token="<|im_start|>", eos_token="<|endoftext|>")
+    fast = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tiny, bos_token="<|im_start|>", eos_token="<|endoftext|>"
+    )
     text = "<|im_start|>user: hello there\nassistant: hi! how can I help you today?\n" * 3
     it = IncrementalTokenizer(fast)
     ids = it.push(text[:33]) + it.push(text[33:]) + it.flush()

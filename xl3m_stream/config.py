@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import msgspec
 import msgspec.inspect as mi
+import tomllib
 from msgspec import Meta
 
 from .errors import ConfigError
@@ -48,6 +48,8 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     """Scoring batches in flight at once on each replica."""
     trust_remote_code: bool = False
     """Run model code shipped with a checkpoint. Off unless you trust the checkpoint's author."""
+    allow_download: bool = False
+    """Fetch a Hugging Face id missing from the local cache. Off: no network access by surprise."""
     compile: Literal["never", "auto", "always"] = "never"
     """``torch.compile`` the scorer with static shapes: pays off on long streams (compiling takes tens of seconds)."""
 
@@ -92,6 +94,8 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     """Most tokens generated per answer."""
     temperature: Annotated[float, Meta(ge=0, le=10)] = 0.0
     """0 = greedy decoding."""
+    stop: list[str] = msgspec.field(default_factory=lambda: ["\n"])
+    """Generation ends at the first of these strings once the answer has begun (it is cut off there)."""
     reader_prompt: Literal["plain", "chat"] = "plain"
     """``plain``: context, blank line, question. ``chat``: the reader's chat template."""
     reader_window: Annotated[int, Meta(ge=16)] | None = None
@@ -121,6 +125,8 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
             raise ConfigError("question: must not be empty (use None for the rolling window)")
         if not self.model.strip():
             raise ConfigError("model: must not be empty")
+        if any(not s for s in self.stop):
+            raise ConfigError("stop: stop strings must not be empty")
         if self.reader_window is not None and self.reader_window <= self.max_new_tokens:
             raise ConfigError(
                 f"reader_window ({self.reader_window}) must be larger than max_new_tokens ({self.max_new_tokens})"
@@ -131,7 +137,7 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     def from_dict(cls, values: dict[str, Any]) -> EngineConfig:
         """Build from plain values (as parsed from JSON/TOML), with clear errors."""
         try:
-            return msgspec.convert(values, cls, strict=False)
+            return msgspec.convert(values, cls)
         except msgspec.ValidationError as exc:
             raise ConfigError(f"config: {exc}") from None
 

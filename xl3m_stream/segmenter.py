@@ -179,7 +179,9 @@ class Segmenter:
         """Emit the first ``size`` pending tokens as a segment; keep the overlap pending."""
         head = self._head
         start = self._buf_start
-        segment = Segment(seq=self._next_seq, start=start, end=start + size, tokens=tuple(self._buf[head : head + size]))
+        segment = Segment(
+            seq=self._next_seq, start=start, end=start + size, tokens=tuple(self._buf[head : head + size])
+        )
         self._next_seq += 1
         keep = min(self._overlap, size)
         drop = size - keep

@@ -282,9 +282,7 @@ class SegmentStore:
             return Offer(False, [])
         victims: list[StoreEntry] = []
         lowest = self._ranked.islice(0, n_below)
-        while count_after > self._max_segments or (
-            self._max_tokens is not None and tokens_after > self._max_tokens
-        ):
+        while count_after > self._max_segments or (self._max_tokens is not None and tokens_after > self._max_tokens):
             nxt = next(lowest, None)
             if nxt is None:  # the offered entry would be the next to go: reject it
                 return Offer(False, [])

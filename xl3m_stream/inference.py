@@ -1,0 +1,237 @@
+"""Key-context assembly and answer generation.
+
+``assemble`` splices the selected segments in stream order (dropping tokens that overlapping
+segments share, and marking gaps), adds the most recent tokens as a local window, and returns a
+:class:`KeyContext` with provenance. :class:`Reader` turns a key context and a question into a
+prompt and generates the answer token by token with a KV cache: plain forward passes, greedy or
+sampled, cancellable between tokens. Synchronous code: the engine runs it in a worker thread.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import msgspec
+import torch
+
+from .scoring import SEPARATOR, bos_prefix
+from .store import StoreEntry
+
+GAP = "\n[...]\n"
+"""Marks text left out between two non-adjacent segments of the key context."""
+
+
+class ContextSegment(msgspec.Struct, frozen=True, kw_only=True):
+    """One piece of a key context with its provenance in the stream."""
+
+    seq: int
+    start: int
+    end: int
+    score: float | None
+    text: str
+    local: bool = False
+    meta: dict[str, Any] | None = None
+
+
+class KeyContext(msgspec.Struct, frozen=True, kw_only=True):
+    """The selected context for a question: what a reader (any LLM) should see."""
+
+    question: str
+    segments: list[ContextSegment]
+    text: str
+    tokens: int
+    stream_tokens: int
+    budget: int
+
+    def prompt(self) -> str:
+        """Context and question as one plain-text prompt, for a reader of your choice."""
+        return f"{self.text}{SEPARATOR}{self.question}" if self.text else self.question
+
+
+def assemble(
+    entries: Sequence[StoreEntry],
+    local_tokens: Sequence[int],
+    local_start: int,
+    *,
+    tokenizer: Any,
+    question: str,
+    budget: int,
+    stream_tokens: int,
+) -> tuple[KeyContext, list[int]]:
+    """Splice ``entries`` (stream order) and the local window into a key context and its ids.
+
+    Overlapping tokens between consecutive pieces are kept once; a gap between pieces is
+    marked with :data:`GAP`. Returns the context record and its token ids (gap markers included).
+    """
+    gap_ids = list(tokenizer.encode(GAP, add_special_tokens=False))
+    pieces: list[tuple[int, int, tuple[int, ...], ContextSegment]] = []
+    for e in entries:
+        s = e.segment
+        pieces.append(
+            (
+                s.start,
+                s.end,
+                s.tokens,
+                ContextSegment(seq=s.seq, start=s.start, end=s.end, score=e.score, text="", meta=s.meta),
+            )
+        )
+    if local_tokens:
+        end = local_start + len(local_tokens)
+        pieces.append(
+            (
+                local_start,
+                end,
+                tuple(local_tokens),
+                ContextSegment(seq=-1, start=local_start, end=end, score=None, text="", local=True),
+            )
+        )
+    pieces.sort(key=lambda p: (p[0], p[1]))
+    ids: list[int] = []
+    out: list[ContextSegment] = []
+    cursor: int | None = None  # stream offset just after the last token placed
+    for start, end, tokens, info in pieces:
+        if cursor is not None and end <= cursor:
+            continue  # fully covered by what is already placed
+        skip = 0
+        if cursor is not None:
+            if start > cursor:
+                ids.extend(gap_ids)
+            else:
+                skip = cursor - start
+        kept = list(tokens[skip:])
+        ids.extend(kept)
+        text = tokenizer.decode(kept, skip_special_tokens=False)
+        out.append(msgspec.structs.replace(info, start=start + skip, text=text))
+        cursor = end
+    text = tokenizer.decode(ids, skip_special_tokens=False) if ids else ""
+    ctx = KeyContext(
+        question=question, segments=out, text=text, tokens=len(ids), stream_tokens=stream_tokens, budget=budget
+    )
+    return ctx, ids
+
+
+class Reader:
+    """Generates answers from a key context with one causal LM on one device."""
+
+    def __init__(self, model: Any, tokenizer: Any, *, window: int, prompt_style: str = "plain") -> None:
+        if prompt_style not in ("plain", "chat"):
+            raise ValueError(f"prompt_style must be 'plain' or 'chat', got {prompt_style!r}")
+        if prompt_style == "chat" and not getattr(tokenizer, "chat_template", None):
+            raise ValueError("reader_prompt='chat' needs a tokenizer with a chat template")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.window = window
+        self.prompt_style = prompt_style
+        self.device = next(model.parameters()).device
+        eos = set()
+        for source in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
+            if isinstance(source, int):
+                eos.add(source)
+            elif isinstance(source, (list, tuple)):
+                eos.update(int(x) for x in source)
+        self.eos_ids = frozenset(eos)
+        self.sep_ids = list(tokenizer.encode(SEPARATOR, add_special_tokens=False))
+        self._bos = list(bos_prefix(tokenizer))
+        # transformers renamed `past_key_values` to `cache`; pass whichever this model's forward takes
+        params = inspect.signature(model.forward).parameters
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
+        self.overhead = len(self.prompt_ids([], ""))
+
+    def prompt_ids(self, context_ids: Sequence[int], question: str) -> list[int]:
+        """The reader's prompt for a key context (as ids) and a question."""
+        q_ids = self.tokenizer.encode(question, add_special_tokens=False)
+        if self.prompt_style == "plain":
+            sep = self.sep_ids if context_ids else []
+            return self._bos + list(context_ids) + sep + list(q_ids)
+        # chat: the context text goes into the user turn; re-tokenising it is exact enough here
+        context = self.tokenizer.decode(list(context_ids)) if context_ids else ""
+        content = f"{context}{SEPARATOR}{question}" if context else question
+        messages = [{"role": "user", "content": content}]
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+            ids = ids["input_ids"]
+        return [int(i) for i in ids]
+
+    def question_tokens(self, question: str) -> int:
+        return len(self.tokenizer.encode(question, add_special_tokens=False))
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        prompt_ids: Sequence[int],
+        *,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        seed: int = 0,
+        stop: Sequence[str] = (),
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> Iterator[str]:
+        """Yield the answer as text pieces.
+
+        Ends at EOS, after ``max_new_tokens``, when ``should_stop()`` turns true, or at the first
+        ``stop`` string that appears after the answer's first non-blank character (the stop
+        string itself is not yielded).
+        """
+        from transformers import DynamicCache
+
+        if len(prompt_ids) + max_new_tokens > self.window:
+            raise ValueError(
+                f"prompt of {len(prompt_ids)} tokens + {max_new_tokens} new tokens exceeds the reader's "
+                f"window of {self.window}"
+            )
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        cache = DynamicCache(config=self.model.config)
+        inputs = torch.tensor([list(prompt_ids)], dtype=torch.long, device=self.device)
+        out = self.model(input_ids=inputs, use_cache=True, logits_to_keep=1, **{self._cache_arg: cache})
+        produced: list[int] = []
+        emitted = ""
+        for _ in range(max_new_tokens):
+            if should_stop():
+                return
+            logits = out.logits[0, -1].float()
+            if temperature > 0:
+                probs = torch.softmax(logits / temperature, dim=-1).cpu()
+                token = int(torch.multinomial(probs, 1, generator=generator).item())
+            else:
+                token = int(torch.argmax(logits).item())
+            if token in self.eos_ids:
+                break
+            produced.append(token)
+            text = self.tokenizer.decode(produced, skip_special_tokens=True)
+            cut = _stop_index(text, stop)
+            if cut is not None:
+                if cut > len(emitted):
+                    yield text[len(emitted) : cut]
+                return
+            # hold back a split UTF-8 character, and any text that may be the start of a stop string
+            safe = len(text) - _partial_stop(text, stop)
+            if not text.endswith("\ufffd") and safe > len(emitted):
+                yield text[len(emitted) : safe]
+                emitted = text[:safe]
+            step = torch.tensor([[token]], dtype=torch.long, device=self.device)
+            out = self.model(input_ids=step, use_cache=True, **{self._cache_arg: cache})
+        text = self.tokenizer.decode(produced, skip_special_tokens=True)
+        if len(text) > len(emitted) and text.startswith(emitted):
+            yield text[len(emitted) :]
+
+
+def _stop_index(text: str, stop: Sequence[str]) -> int | None:
+    """Where the first stop string begins, counting only after the first non-blank character."""
+    begin = len(text) - len(text.lstrip())
+    if begin == len(text):
+        return None
+    found = [i for s in stop if (i := text.find(s, begin)) >= 0]
+    return min(found) if found else None
+
+
+def _partial_stop(text: str, stop: Sequence[str]) -> int:
+    """Length of the longest suffix of ``text`` that is a proper prefix of a stop string."""
+    best = 0
+    for s in stop:
+        for n in range(min(len(s) - 1, len(text)), 0, -1):
+            if text.endswith(s[:n]):
+                best = max(best, n)
+                break
+    return best

@@ -1,0 +1,129 @@
+"""A synchronous wrapper around :class:`~xl3m_stream.Engine` for scripts and notebooks.
+
+The engine runs on an event loop in a background thread (an anyio blocking portal); every
+method here is the async method of the same name, called through the portal. No logic is
+duplicated: this module only crosses the sync/async boundary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from typing import Any
+
+import anyio
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+
+from .config import EngineConfig
+from .engine import Answer, Engine, EngineStats
+from .errors import EngineClosedError
+from .inference import KeyContext
+
+
+class SyncEngine:
+    """``with SyncEngine(config) as engine: engine.feed(text); print(engine.ask(q).text)``."""
+
+    def __init__(self, config: EngineConfig | None = None, *, backend: str = "asyncio", **overrides: Any) -> None:
+        self._engine = Engine(config, **overrides)
+        self._backend = backend
+        self._portal_cm: AbstractContextManager[BlockingPortal] | None = None
+        self._portal: BlockingPortal | None = None
+        self._engine_cm: AbstractContextManager[Engine] | None = None
+
+    @property
+    def config(self) -> EngineConfig:
+        return self._engine.config
+
+    @property
+    def engine(self) -> Engine:
+        """The underlying async engine (use it only through this wrapper's portal)."""
+        return self._engine
+
+    def start(self) -> SyncEngine:
+        self._portal_cm = start_blocking_portal(self._backend)
+        self._portal = self._portal_cm.__enter__()
+        try:
+            self._engine_cm = self._portal.wrap_async_context_manager(self._engine)
+            self._engine_cm.__enter__()
+        except BaseException:
+            self._portal_cm.__exit__(None, None, None)
+            self._portal = None
+            raise
+        return self
+
+    def close(self) -> None:
+        if self._engine_cm is not None:
+            cm, self._engine_cm = self._engine_cm, None
+            cm.__exit__(None, None, None)
+        if self._portal_cm is not None:
+            cm2, self._portal_cm = self._portal_cm, None
+            cm2.__exit__(None, None, None)
+            self._portal = None
+
+    def __enter__(self) -> SyncEngine:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _require_portal(self) -> BlockingPortal:
+        if self._portal is None:
+            raise EngineClosedError("the engine is not running: use `with SyncEngine(...) as engine:`")
+        return self._portal
+
+    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        return self._require_portal().call(lambda: fn(*args, **kwargs))
+
+    def feed(self, data: str | bytes | Sequence[int] | Any) -> int:
+        return self._call(self._engine.feed, data)
+
+    def process(self, source: Iterable[Any], *, flush: bool = True) -> int:
+        """Feed every item of a (synchronous) iterable, then flush."""
+        total = 0
+        for item in source:
+            total += self.feed(item)
+        if flush:
+            total += self.flush()
+        return total
+
+    def flush(self) -> int:
+        return self._call(self._engine.flush)
+
+    def drain(self) -> None:
+        self._call(self._engine.drain)
+
+    def set_question(self, question: str | None) -> None:
+        self._call(self._engine.set_question, question)
+
+    def ask(self, question: str | None = None, **kwargs: Any) -> Answer:
+        return self._call(self._engine.ask, question, **kwargs)
+
+    def ask_stream(self, question: str | None = None, **kwargs: Any) -> Iterator[str]:
+        """Yield answer text pieces as they are generated."""
+        portal = self._require_portal()
+        send, receive = anyio.create_memory_object_stream[str](max_buffer_size=16)
+
+        async def pump() -> None:
+            async with send:
+                async for piece in self._engine.ask_stream(question, **kwargs):
+                    await send.send(piece)
+
+        future = portal.start_task_soon(pump)
+        try:
+            while True:
+                try:
+                    piece = portal.call(receive.receive)
+                except anyio.EndOfStream:
+                    break
+                yield piece
+            future.result()  # re-raise what went wrong in the engine
+        finally:
+            if not future.done():
+                future.cancel()
+            portal.call(receive.aclose)
+
+    def key_context(self, question: str | None = None, **kwargs: Any) -> KeyContext:
+        return self._call(self._engine.key_context, question, **kwargs)
+
+    def stats(self) -> EngineStats:
+        return self._call(self._engine.stats)
