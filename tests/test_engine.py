@@ -294,3 +294,30 @@ def test_sync_engine(tiny_model_dir) -> None:
         assert engine.stats().asks >= 1
     with pytest.raises(EngineClosedError):
         engine.ask("x")
+
+
+async def test_source_metadata_reaches_segments(tiny_model_dir, anyio_backend) -> None:
+    from xl3m_stream.sources import TextChunk
+
+    lines = [
+        TextChunk(
+            text=f"2024-05-01T12:00:{i:02d}Z INFO api request {i} ok\n",
+            meta={"line": i + 1, "ts": f"12:00:{i:02d}", "level": "INFO", "service": "api" if i < 20 else "db"},
+        )
+        for i in range(40)
+    ]
+    async with Engine(config(tiny_model_dir, segment_tokens=48, store_segments=100)) as engine:
+        await engine.process(lines)
+        entries = list(engine.store)
+        assert entries and all(e.segment.meta for e in entries)
+        first, last = entries[0].segment.meta, entries[-1].segment.meta
+        assert first["line_start"] == 1 and last["line_end"] == 40
+        assert first["service"] == "api" and last["service"] == "db"
+        # line ranges of consecutive segments never go backwards and cover every line
+        covered = set()
+        for e in entries:
+            m = e.segment.meta
+            assert m["line_start"] <= m["line_end"]
+            covered.update(range(m["line_start"], m["line_end"] + 1))
+            assert m["level"] == "INFO"
+        assert covered == set(range(1, 41))

@@ -43,7 +43,7 @@ from .events import (
 )
 from .inference import ContextSegment, KeyContext, assemble
 from .segment import Segment
-from .segmenter import Segmenter, newline_token_ids
+from .segmenter import MetaIndex, Segmenter, newline_token_ids
 from .sources import DecodeStats, Utf8Decoder
 from .store import SegmentStore, StoreEntry, rank_key, select_best
 from .tokenizer import IncrementalTokenizer
@@ -139,6 +139,8 @@ class Engine:
         tok = first.scoring_model.tokenizer
         self._hf_tokenizer = tok
         self._itok = IncrementalTokenizer(tok)
+        self._meta = MetaIndex()
+        self._chars_in = 0  # characters of text fed (offsets of the incremental tokenizer)
         self._bytes = Utf8Decoder(self.decode_stats)
         boundary = newline_token_ids(tok) if cfg.segment_cut == "lines" else None
         self._segmenter = Segmenter(cfg.segment_tokens, overlap=cfg.segment_overlap, boundary_ids=boundary)
@@ -204,19 +206,22 @@ class Engine:
         self._check_open()
         if isinstance(data, (bytes, bytearray, memoryview)):
             data = self._bytes.decode(bytes(data))  # one decoder: a character split across feeds survives
+        meta = None
         text = getattr(data, "text", None)
-        if isinstance(text, str) and not isinstance(data, str):
+        if isinstance(text, str) and not isinstance(data, str):  # a TextChunk: text and metadata
+            meta = getattr(data, "meta", None)
             data = text
         if isinstance(data, str):
             taken = 0
             for start in range(0, len(data), FEED_SLICE_CHARS):
-                taken += await self._take_text(data[start : start + FEED_SLICE_CHARS])
+                taken += await self._take_text(data[start : start + FEED_SLICE_CHARS], meta)
             return taken
         if isinstance(data, Sequence) and not isinstance(data, str):
             ids = _check_ids(data, len(self._hf_tokenizer))
             async with self._intake:
-                head = self._itok.flush()  # text fed earlier comes first
-                self._take_ids(head)
+                head, ends = self._itok.flush_with_offsets()  # text fed earlier comes first
+                self._meta.add_tokens(ends)
+                self._take_ids(head, attributed=True)
             for start in range(0, len(ids), FEED_SLICE_TOKENS):
                 async with self._intake:
                     self._take_ids(ids[start : start + FEED_SLICE_TOKENS])
@@ -224,20 +229,25 @@ class Engine:
             return len(head) + len(ids)
         raise InputError(f"feed() takes str, bytes, token ids or a TextChunk, not {type(data).__name__}")
 
-    async def _take_text(self, text: str) -> int:
+    async def _take_text(self, text: str, meta: dict[str, Any] | None = None) -> int:
         async with self._intake:
             if len(text) > THREAD_TOKENIZE_CHARS:
-                ids = await anyio.to_thread.run_sync(self._itok.push, text)
+                ids, ends = await anyio.to_thread.run_sync(self._itok.push_with_offsets, text)
             else:
-                ids = self._itok.push(text)
-            self._take_ids(ids)
+                ids, ends = self._itok.push_with_offsets(text)
+            self._chars_in += len(text)
+            self._meta.add_chunk(self._chars_in, meta)
+            self._meta.add_tokens(ends)
+            self._take_ids(ids, attributed=True)
         await self._backpressure()
         return len(ids)
 
-    def _take_ids(self, ids: Sequence[int]) -> None:
+    def _take_ids(self, ids: Sequence[int], *, attributed: bool = False) -> None:
         """Segment ``ids`` and queue the segments (synchronous: atomic on the event loop)."""
         if not ids:
             return
+        if not attributed:
+            self._meta.add_unattributed(len(ids))
         history = list(self._recent)
         base = self._position - len(history)
         segments = self._segmenter.push(ids)
@@ -247,7 +257,10 @@ class Engine:
 
     def _queue(self, segments: list[Segment], window: list[int], base: int) -> None:
         n = self.config.question_tokens
-        for seg in segments:
+        for i, seg in enumerate(segments):
+            meta = self._meta.meta_for(seg.start, seg.end)
+            if meta is not None:
+                seg = segments[i] = msgspec.structs.replace(seg, meta=meta)
             rolling = None
             if self._explicit is None:
                 # the rolling question: the stream's last tokens before this segment
@@ -259,6 +272,7 @@ class Engine:
         if segments:
             self._counters["segments_cut"] += len(segments)
             self._work.set()
+        self._meta.forget_before(self._segmenter.position - len(self._segmenter.pending))
 
     async def _backpressure(self) -> None:
         while len(self._pending) > self.config.max_pending_segments and not self._closed:
@@ -287,8 +301,9 @@ class Engine:
         everything fed so far is scored. Returns the tokens this released."""
         self._check_open()
         async with self._intake:
-            ids = self._itok.flush()
-            self._take_ids(ids)
+            ids, ends = self._itok.flush_with_offsets()
+            self._meta.add_tokens(ends)
+            self._take_ids(ids, attributed=True)
             history = list(self._recent)
             tail = self._segmenter.flush()
             self._queue(tail, history, self._position - len(history))

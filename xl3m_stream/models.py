@@ -126,16 +126,13 @@ def ensure_converted(gguf: str | Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     log.info("converting %s to safetensors in %s (once)", gguf.name, target)
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GgufConfig
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
     try:
         try:
             model = AutoModelForCausalLM.from_pretrained(
-                str(gguf.parent),
-                gguf_file=gguf.name,
-                dtype=torch.float32,
-                quantization_config=GgufConfig(gguf_file=str(gguf), dequantize=True),
+                str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32, **_dequantize_option(gguf)
             )
             tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         except Exception as exc:  # the GGUF reader raises many kinds of errors
@@ -163,6 +160,19 @@ def ensure_converted(gguf: str | Path) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _dequantize_option(gguf: Path) -> dict[str, Any]:
+    """Ask transformers to unpack GGUF weights into dense tensors.
+
+    Newer transformers keep GGUF blocks packed unless told otherwise (``GgufConfig``); older
+    releases always dequantise and have no such option.
+    """
+    try:
+        from transformers import GgufConfig
+    except ImportError:
+        return {}
+    return {"quantization_config": GgufConfig(gguf_file=str(gguf), dequantize=True)}
 
 
 def local_dir(source: ModelSource, *, allow_download: bool = False) -> str:

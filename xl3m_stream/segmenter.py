@@ -34,12 +34,14 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left, bisect_right
+from collections import deque
 from collections.abc import Sequence
+from typing import Any
 
-from .segment import Segment
+from .segment import Segment, merge_meta
 from .tokenizer import backend_tokenizer
 
-__all__ = ["Segmenter", "newline_token_ids"]
+__all__ = ["MetaIndex", "Segmenter", "newline_token_ids"]
 
 
 def newline_token_ids(tokenizer: object) -> frozenset[int]:
@@ -200,3 +202,61 @@ class Segmenter:
         if self._bhead:
             del self._bpos[: self._bhead]
             self._bhead = 0
+
+
+class MetaIndex:
+    """Which source chunk each stream token came from, so segments can carry its metadata.
+
+    The engine reports chunks as they are fed (their end offset in the stream's text and their
+    metadata) and tokens as they become final (with each token's character end offset).
+    ``meta_for(start, end)`` merges the metadata of the chunks a token range came from (see
+    :func:`~xl3m_stream.segment.merge_meta`). Memory stays bounded: ``forget_before`` drops
+    what no future segment can need.
+    """
+
+    def __init__(self) -> None:
+        self._chunks: deque[tuple[int, dict[str, Any] | None]] = deque()  # (char_end, meta), not yet tokenised
+        self._runs: deque[tuple[int, int, dict[str, Any] | None]] = deque()  # (token_start, token_end, meta)
+        self._tokens = 0
+
+    def add_chunk(self, char_end: int, meta: dict[str, Any] | None) -> None:
+        self._chunks.append((char_end, meta))
+
+    def add_tokens(self, char_ends: Sequence[int]) -> None:
+        """Tokens that became final, in order, with each one's (ascending) character end offset.
+
+        A token belongs to the chunk holding its last character.
+        """
+        done = 0
+        while done < len(char_ends):
+            if not self._chunks:
+                self._add_run(len(char_ends) - done, None)
+                return
+            chunk_end, meta = self._chunks[0]
+            upto = bisect_right(char_ends, chunk_end, lo=done)
+            if upto > done:
+                self._add_run(upto - done, meta)
+                done = upto
+            if done < len(char_ends):
+                self._chunks.popleft()  # tokens past this chunk's end belong to later chunks
+
+    def add_unattributed(self, count: int) -> None:
+        """Tokens fed as ids (no text, so no source metadata)."""
+        if count:
+            self._add_run(count, None)
+
+    def _add_run(self, count: int, meta: dict[str, Any] | None) -> None:
+        if self._runs and self._runs[-1][2] is meta and self._runs[-1][1] == self._tokens:
+            start, _, _ = self._runs.pop()
+        else:
+            start = self._tokens
+        self._tokens += count
+        self._runs.append((start, self._tokens, meta))
+
+    def meta_for(self, start: int, end: int) -> dict[str, Any] | None:
+        metas = [m for s, e, m in self._runs if e > start and s < end and m]
+        return merge_meta(metas)
+
+    def forget_before(self, token_pos: int) -> None:
+        while self._runs and self._runs[0][1] <= token_pos:
+            self._runs.popleft()
