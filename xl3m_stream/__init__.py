@@ -35,6 +35,10 @@ from .events import (
     SegmentScored,
 )
 from .inference import ContextSegment, KeyContext
+from .memory import AgentMemory, SyncAgentMemory
+from .metrics import Metrics, export_prometheus
+from .monitor import Threshold, WatchStats
+from .persistence import RecoveryReport
 from .segment import Segment
 from .sync import SyncEngine
 
@@ -42,6 +46,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_MODEL",
+    "AgentMemory",
     "Alert",
     "Answer",
     "Answered",
@@ -57,15 +62,21 @@ __all__ = [
     "EventsDropped",
     "InputError",
     "KeyContext",
+    "Metrics",
     "ModelLoadError",
+    "RecoveryReport",
     "ScoringError",
     "Segment",
     "SegmentEvicted",
     "SegmentKept",
     "SegmentScored",
     "StateError",
+    "SyncAgentMemory",
     "SyncEngine",
+    "Threshold",
     "Timings",
+    "WatchStats",
     "Xl3mError",
     "__version__",
+    "export_prometheus",
 ]

@@ -9,11 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -38,23 +39,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     except BrokenPipeError:
         return EXIT_ERROR
+    except Exception as exc:  # a bug, or a library failing in a way we did not foresee: still one line
+        if args.verbose:
+            import traceback
+
+            traceback.print_exc()
+        print(f"xl3m-stream: error: unexpected {type(exc).__name__}: {_one_line(exc)} (-v shows more)", file=sys.stderr)
+        return EXIT_ERROR
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (``xl3m-stream: error: ...``), like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.partition(" ")[2]  # "ask" in "xl3m-stream ask"
+        self.exit(EXIT_USAGE, f"xl3m-stream: error: {command + ': ' if command else ''}{message} (see --help)\n")
 
 
 # ---------------------------------------------------------------- arguments
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="xl3m-stream",
         description="Ask a short-window language model about streams far longer than its window (XL3M).",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="show library logs and warnings")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    ask = sub.add_parser("ask", help="answer a question over a file or stdin")
-    ask.add_argument("path", metavar="PATH", help="text file to read, or - for stdin")
+    ask = sub.add_parser("ask", help="answer a question over a file or stdin, or over a --state-dir")
+    ask.add_argument("path", metavar="PATH", nargs="?", help="text file, or - for stdin (optional with --state-dir)")
     ask.add_argument("--question", "-q", required=True, help="the question to answer")
     ask.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    _input_options(ask)
     _engine_options(ask)
     ask.set_defaults(func=_cmd_ask)
+    _add_ingest_command(sub)
+    _add_watch_command(sub)
 
     demo = sub.add_parser("demo", help="passkey retrieval from a stream of 100k+ tokens (>10x the window)")
     demo.add_argument("--tokens", type=int, default=100_000, help="stream length in tokens (default 100000)")
@@ -65,6 +84,22 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     _engine_options(demo)
     demo.set_defaults(func=_cmd_demo)
+
+    ev = sub.add_parser("eval", help="measure accuracy and selection on generated long-context tasks")
+    ev.add_argument(
+        "--task", action="append", dest="tasks", help="passkey, needle, multikey, multivalue, vartrack, logs"
+    )
+    ev.add_argument("--length", action="append", dest="lengths", type=int, help="stream length in tokens (repeatable)")
+    ev.add_argument("--samples", type=int, default=5, help="samples per task and length (default 5)")
+    ev.add_argument("--method", action="append", dest="methods", help="xl3m, xl3m-entropy, ..., bm25, embed, full")
+    ev.add_argument("--depth", action="append", dest="depths", type=float, help="needle depths to cycle (0..1)")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--haystack", action="append", default=[], metavar="FILE", help="prose files for the haystack")
+    ev.add_argument("--scoring-question-tokens", type=int, help="score with the last N tokens of stream+question")
+    ev.add_argument("--json", action="store_true", help="print one JSON object with the results")
+    ev.add_argument("--report", metavar="DIR", help="also write results.json, results.md and PNG heatmaps here")
+    _engine_options(ev)
+    ev.set_defaults(func=_cmd_eval)
     return p
 
 
@@ -88,6 +123,8 @@ def _config(args: argparse.Namespace, **extra: Any) -> Any:
     from .config import EngineConfig
 
     base = EngineConfig.from_file(args.config) if args.config else EngineConfig()
+    if getattr(args, "state_dir", None):
+        base = _state_defaults(base, args.state_dir)
     base = EngineConfig.from_env(base)
     changes = {
         "model": args.model,
@@ -111,15 +148,20 @@ def _cmd_ask(args: argparse.Namespace) -> int:
     import anyio
 
     from .errors import InputError
-    from .sources import DecodeStats, read_text
+    from .sources import DecodeStats
 
     if not args.question.strip():
         raise InputError("--question must not be empty")
-    if args.path != "-":
+    if args.path is None and args.state_dir is None:
+        raise InputError("give PATH (a text file, or - for stdin) or --state-dir DIR")
+    if args.rescan and args.state_dir is None:
+        raise InputError("--rescan needs --state-dir (the kept stream it scores)")
+    if args.path is None:
+        _require_state(args.state_dir)
+    elif args.path != "-":
         _check_input_file(args.path)
-    config = _config(args, question=args.question)
+    config = _config(args, question=args.question, **_state_settings(args))
     stats = DecodeStats()
-    total_bytes = os.path.getsize(args.path) if args.path != "-" else None
     show = _want_progress(args)
 
     async def run() -> dict[str, Any]:
@@ -127,12 +169,13 @@ def _cmd_ask(args: argparse.Namespace) -> int:
 
         started = time.perf_counter()
         async with Engine(config) as engine:
-            with _Progress(show, total_bytes, "reading") as bar:
-                async for chunk in read_text(args.path, stats=stats):
-                    await engine.feed(chunk.text)
-                    bar.update(stats.bytes_read, engine.stream_tokens)
-                await engine.flush()
-                bar.update(stats.bytes_read, engine.stream_tokens)
+            _report_recovery(engine)
+            if args.path is not None:
+                await _feed_input(engine, args, stats, show)
+            if engine.stream_tokens == 0:
+                raise InputError(f"the input is empty{_removed(stats)}: nothing to answer from")
+            if args.rescan:
+                await engine.rescan(args.question)
             answer = await engine.ask(args.question)
             return _answer_json(answer, time.perf_counter() - started)
 
@@ -143,6 +186,378 @@ def _cmd_ask(args: argparse.Namespace) -> int:
     else:
         print(result["answer"].strip())
     return 0
+
+
+# ---------------------------------------------------------------- state: ingest, ask --state-dir
+def _input_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("input and state")
+    g.add_argument("--state-dir", metavar="DIR", help="keep the stream in DIR (log + snapshots) and resume from it")
+    g.add_argument("--jsonl", action="store_true", help="the input is JSON-lines log records (malformed ones skipped)")
+    if p.prog.endswith(" ask"):
+        g.add_argument(
+            "--rescan", action="store_true", help="with --state-dir: score the whole kept stream against the question"
+        )
+
+
+def _add_ingest_command(sub: Any) -> None:
+    ing = sub.add_parser(
+        "ingest",
+        help="consume a file or stdin into a --state-dir (resumable; ask it later)",
+        description="Read PATH (or - for stdin) into the stream kept in --state-dir: every piece is logged "
+        "before it is acknowledged, segments are scored and the best kept. Run it again to append more; "
+        "`xl3m-stream ask --state-dir DIR -q ...` answers from the state alone.",
+    )
+    ing.add_argument("path", metavar="PATH", help="text file to read, or - for stdin")
+    ing.add_argument("--question", "-q", help="standing question to score segments against (default: rolling)")
+    ing.add_argument("--fsync", choices=["always", "interval", "never"], help="when the log reaches the disk")
+    ing.add_argument("--json", action="store_true", help="print one JSON object with the outcome")
+    _input_options(ing)
+    _engine_options(ing)
+    ing.set_defaults(func=_cmd_ingest)
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    import anyio
+
+    from .errors import InputError
+    from .sources import DecodeStats
+
+    if args.state_dir is None:
+        raise InputError("ingest needs --state-dir DIR (where the stream is kept)")
+    if args.question is not None and not args.question.strip():
+        raise InputError("--question must not be empty")
+    if args.path != "-":
+        _check_input_file(args.path)
+    extra = {"question": args.question} if args.question else {}
+    config = _config(args, **extra, **_state_settings(args))
+    stats = DecodeStats()
+    show = _want_progress(args)
+
+    async def run() -> dict[str, Any]:
+        from . import Engine
+
+        started = time.perf_counter()
+        async with Engine(config) as engine:
+            _report_recovery(engine)
+            before, cut_before = engine.stream_tokens, engine.stats().segments_cut
+            await _feed_input(engine, args, stats, show)
+            after = engine.stats()
+            return {
+                "state_dir": str(engine.recovery.state_dir if engine.recovery else args.state_dir),
+                "tokens_added": after.tokens_in - before,
+                "segments_added": after.segments_cut - cut_before,
+                "stream_tokens": after.tokens_in,
+                "store_segments": after.store_segments,
+                "failed_segments": len(engine.failed_segments),
+                "skipped_records": stats.skipped_records,
+                "invalid_utf8_replaced": stats.replaced,
+                "nul_removed": stats.nul_removed,
+                "seconds": round(time.perf_counter() - started, 3),
+            }
+
+    result = anyio.run(run)
+    _report_decoding(stats)
+    if result["tokens_added"] == 0:
+        print(f"xl3m-stream: note: the input was empty{_removed(stats)}: nothing was added", file=sys.stderr)
+    if args.json:
+        print(json.dumps(result, ensure_ascii=False))
+    else:
+        print(
+            f"ingested {result['tokens_added']:,} tokens ({result['segments_added']:,} segments) into "
+            f"{result['state_dir']}; the stream now holds {result['stream_tokens']:,} tokens"
+        )
+    return 0
+
+
+async def _feed_input(engine: Any, args: argparse.Namespace, stats: Any, show: bool) -> None:
+    """Feed PATH (or stdin) to the engine, as text or as JSON-lines records, then flush."""
+    from contextlib import aclosing
+
+    from .sources import jsonl_records, read_lines, read_text
+
+    total = os.path.getsize(args.path) if args.path != "-" else None
+    if args.jsonl:
+        source = jsonl_records(read_lines(args.path, stats=stats), stats=stats)
+    else:
+        source = read_text(args.path, stats=stats)
+    with _Progress(show, total, "reading") as bar:
+        async with aclosing(source) as chunks:
+            async for chunk in chunks:
+                await engine.feed(chunk)
+                bar.update(stats.bytes_read, engine.stream_tokens)
+        await engine.flush()
+        bar.update(stats.bytes_read, engine.stream_tokens)
+
+
+def _state_settings(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if getattr(args, "state_dir", None):
+        out["state_dir"] = args.state_dir
+    if getattr(args, "fsync", None):
+        out["fsync"] = args.fsync
+    return out
+
+
+def _state_defaults(base: Any, state_dir: str) -> Any:
+    """Settings recorded in an existing state (its model, its segment layout) for those left at
+    their defaults: ``ask --state-dir DIR`` needs no more options than the ingest had."""
+    from .config import EngineConfig
+    from .persistence import read_meta
+
+    meta = read_meta(state_dir)
+    if meta is None:
+        return base
+    default = EngineConfig()
+    recorded = {
+        "model": meta.model,
+        "segment_tokens": meta.layout.segment_tokens,
+        "segment_overlap": meta.layout.segment_overlap,
+        "segment_cut": meta.layout.segment_cut,
+    }
+    changes = {k: v for k, v in recorded.items() if getattr(base, k) == getattr(default, k)}
+    return base.replace(**changes) if changes else base
+
+
+def _require_state(state_dir: str) -> None:
+    from .errors import InputError
+    from .persistence import read_meta
+
+    if read_meta(state_dir) is None:
+        raise InputError(f"no xl3m-stream state in {state_dir}: run `xl3m-stream ingest PATH --state-dir DIR` first")
+
+
+def _report_recovery(engine: Any) -> None:
+    report = engine.recovery
+    if report is not None:
+        for note in report.notes():
+            print(f"xl3m-stream: note: {note}", file=sys.stderr)
+
+
+def _removed(stats: Any) -> str:
+    """What decoding took out of an input that ended up empty, for the message saying so."""
+    parts = [(stats.nul_removed, "NUL byte(s) removed"), (stats.skipped_records, "record(s) skipped")]
+    removed = [f"{n} {what}" for n, what in parts if n]
+    return f" ({', '.join(removed)})" if removed else ""
+
+
+# ---------------------------------------------------------------- watch
+def _add_watch_command(sub: Any) -> None:
+    w = sub.add_parser(
+        "watch",
+        help="watch a log with standing questions and print alerts",
+        description="Score every segment of a log against standing questions and print an alert for each "
+        "segment whose relevance crosses the threshold. A file is followed like tail -F (appends, truncation, "
+        "rotation) until interrupted; - reads stdin to its end.",
+    )
+    w.add_argument("path", metavar="PATH", help="log file to follow, or - for stdin")
+    w.add_argument(
+        "--question", "-q", action="append", dest="questions", required=True, help="a standing question (repeatable)"
+    )
+    w.add_argument(
+        "--threshold",
+        help="pNN: above the NN-th percentile of recent scores (e.g. p99.5); zN: N standard deviations above "
+        "their mean (e.g. z4); a number: an absolute score (default z2)",
+    )
+    w.add_argument("--warmup", type=int, help="segments observed before the first alert (default: from the threshold)")
+    w.add_argument("--cooldown", type=int, help="no new alert within N segments of the last crossing (default 1)")
+    w.add_argument("--min-score", type=float, help="an alert also needs at least this score")
+    w.add_argument(
+        "--min-overlap",
+        type=float,
+        help="lexical gate: share of the question's (idf-weighted) words an alerting segment holds (default 0.2)",
+    )
+    w.add_argument(
+        "--no-lexical", action="store_true", help="no lexical gate: the model's relevance alone (then e.g. z4)"
+    )
+    w.add_argument("--explain", action="store_true", help="add the model's short answer from the alerting segment")
+    w.add_argument("--jsonl", action="store_true", help="print one JSON object per alert")
+    w.add_argument("--format", choices=["text", "jsonl"], default="text", help="input: log lines or JSON-lines records")
+    w.add_argument("--message-field", default="message", help="message field of JSON-lines records (default message)")
+    w.add_argument(
+        "--follow",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep following the file like tail -F (default); --no-follow stops at its end",
+    )
+    w.add_argument("--from-end", action="store_true", help="start at the end of the file (only new lines)")
+    w.add_argument("--idle-timeout", type=float, metavar="SECONDS", help="stop following after this long without data")
+    w.add_argument(
+        "--flush-after",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="score a partial segment once the log has been quiet this long (default 2; 0: never)",
+    )
+    _engine_options(w)
+    w.set_defaults(func=_cmd_watch)
+
+
+def _cmd_watch(args: argparse.Namespace) -> int:
+    import anyio
+
+    from .errors import InputError
+    from .monitor import DEFAULT_WATCH_MEASURE, Monitor
+
+    questions = list(args.questions)
+    if any(not q.strip() for q in questions):
+        raise InputError("--question must not be empty")
+    if args.flush_after < 0 or (args.idle_timeout is not None and args.idle_timeout < 0):
+        raise InputError("--flush-after and --idle-timeout must be >= 0")
+    if args.path != "-" and not args.follow:
+        _check_input_file(args.path)
+    if args.path != "-" and os.path.isdir(args.path):
+        raise InputError(f"input is a directory, not a file: {args.path}")
+    measure = args.measure or DEFAULT_WATCH_MEASURE
+    options: dict[str, Any] = {"measure": measure}
+    for name in ("threshold", "warmup", "cooldown", "min_score", "min_overlap"):
+        value = getattr(args, name)
+        if value is not None:
+            options[name] = value
+    if args.no_lexical:
+        options["min_overlap"] = None
+    if args.explain:
+        options["explain"] = True
+    Monitor().add(questions[0], **options)  # check the options before loading a model
+    config = _config(args, question=questions[0], segment_cut="lines", measure=measure)
+    try:
+        result = anyio.run(_watch, args, questions, options, config)
+    except Exception as exc:  # a failure inside the pipeline's task group: report the error itself
+        raise _first_error(exc) from None
+    if result["broken_pipe"]:  # the reader of our output went away (`| head`): stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_ERROR
+    _report_decoding(result["decoding"])
+    print(
+        f"xl3m-stream: watched {result['tokens']:,} tokens in {result['segments']:,} segments against "
+        f"{len(questions)} question(s): {result['alerts']} alert(s) in {result['seconds']:.1f} s",
+        file=sys.stderr,
+    )
+    return 0
+
+
+async def _watch(
+    args: argparse.Namespace, questions: list[str], options: dict[str, Any], config: Any
+) -> dict[str, Any]:
+    """The watch pipeline: source -> engine with standing questions -> alerts on stdout."""
+    from contextlib import aclosing
+
+    import anyio
+
+    from . import Alert, Engine, EventsDropped
+    from .sources import DecodeStats, follow, jsonl_records, read_lines
+
+    stats = DecodeStats()
+    if args.path == "-" or not args.follow:
+        lines = read_lines(args.path, stats=stats)
+    else:
+        lines = follow(args.path, from_start=not args.from_end, idle_timeout=args.idle_timeout, stats=stats)
+    if args.format == "jsonl":
+        source = jsonl_records(lines, message_field=args.message_field, stats=stats)
+    else:
+        source = _with_log_fields(lines)
+    started = time.perf_counter()
+    async with Engine(config) as engine:
+        for q in questions:
+            engine.watch(q, **options)
+        events = engine.events()
+
+        broken_pipe = False
+
+        async def print_alerts() -> None:
+            nonlocal broken_pipe
+            async for event in events:
+                try:
+                    if isinstance(event, Alert):
+                        _print_alert(event, args.jsonl)
+                    elif isinstance(event, EventsDropped):
+                        dropped = f"{event.count} event(s) dropped (output too slow)"
+                        print(f"xl3m-stream: warning: {dropped}", file=sys.stderr)
+                except BrokenPipeError:
+                    broken_pipe = True
+                    tg.cancel_scope.cancel()
+                    return
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(print_alerts)
+            send, receive = anyio.create_memory_object_stream[Any](max_buffer_size=256)
+
+            async def pump() -> None:
+                async with send, aclosing(source) as chunks:
+                    async for chunk in chunks:
+                        await send.send(chunk)
+
+            tg.start_soon(pump)
+            fed = False  # tokens fed since the last flush
+            async with receive:
+                while True:
+                    chunk = None
+                    with anyio.move_on_after(args.flush_after or math.inf):
+                        try:
+                            chunk = await receive.receive()
+                        except anyio.EndOfStream:
+                            break
+                    if chunk is None:  # the log is quiet: score what is pending now
+                        if fed:
+                            await engine.flush()
+                            fed = False
+                        continue
+                    await engine.feed(chunk)
+                    fed = True
+            await engine.flush()
+            await engine.explained()
+            events.close()
+        m = engine.metrics()
+    return {
+        "tokens": m.tokens_in,
+        "segments": m.segments_scored,
+        "alerts": m.alerts,
+        "seconds": time.perf_counter() - started,
+        "decoding": stats,
+        "broken_pipe": broken_pipe,
+    }
+
+
+def _first_error(exc: BaseException) -> BaseException:
+    """The one error inside (nested) exception groups, else ``exc`` itself."""
+    while isinstance(getattr(exc, "exceptions", None), tuple) and len(exc.exceptions) == 1:  # type: ignore[attr-defined]
+        exc = exc.exceptions[0]  # type: ignore[attr-defined]
+    return exc
+
+
+async def _with_log_fields(lines: Any) -> Any:
+    """Plain log lines with what :func:`~xl3m_stream.sources.parse_log_line` finds in them as meta."""
+    from contextlib import aclosing
+
+    from .sources import TextChunk, parse_log_line
+
+    async with aclosing(lines) as chunks:
+        async for chunk in chunks:
+            fields = parse_log_line(chunk.text) if "part" not in (chunk.meta or {}) else {}
+            yield TextChunk(text=chunk.text, meta={**fields, **(chunk.meta or {})}) if fields else chunk
+
+
+def _print_alert(alert: Any, jsonl: bool) -> None:
+    if jsonl:
+        import msgspec
+
+        print(msgspec.json.encode(alert).decode(), flush=True)
+        return
+    meta = alert.meta or {}
+    where = f"tokens {alert.start:,}-{alert.end:,}"
+    if "line_start" in meta:
+        where = f"lines {meta['line_start']}-{meta['line_end']}"
+    if "ts_start" in meta:
+        where += f"  {meta['ts_start']} .. {meta['ts_end']}"
+    print(
+        f"ALERT [{alert.question_index}] {alert.question}  score {alert.score:.3f} > {alert.threshold:.3f}"
+        f" ({alert.measure})  {where}"
+    )
+    for line in alert.text.rstrip("\n").split("\n"):
+        print(f"  | {line}")
+    if alert.explanation is not None:
+        print(f"  answer: {alert.explanation}")
+    print(flush=True)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -223,6 +638,47 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    import anyio
+    import msgspec
+
+    from .evaluate.runner import EvalConfig, run_eval
+
+    cfg = EvalConfig(
+        tasks=args.tasks or ["passkey"],
+        lengths=args.lengths or [32_000],
+        samples=args.samples,
+        methods=args.methods or ["xl3m", "truncate"],
+        seed=args.seed,
+        depths=args.depths,
+        haystack_files=args.haystack,
+        scoring_question_tokens=args.scoring_question_tokens,
+        engine=_config(args),
+    )
+    for f in cfg.haystack_files:
+        _check_input_file(f)
+    show = _want_progress(args)
+
+    def progress(message: str) -> None:
+        if show or not args.json:
+            print(f"eval: {message}", file=sys.stderr, flush=True)
+
+    report = anyio.run(lambda: run_eval(cfg, progress=progress))
+    if args.report:
+        from .evaluate.report import write_report
+
+        for path in write_report(report, args.report):
+            progress(f"wrote {path}")
+    if args.json:
+        print(json.dumps(msgspec.to_builtins(report)))
+        return 0
+    from .evaluate.report import markdown_table
+
+    print(f"model {report.model}, window {report.window:,} tokens; {report.machine}; {report.seconds:.0f} s")
+    print(markdown_table(report.results, report.window))
+    return 0
+
+
 # ---------------------------------------------------------------- helpers
 def _answer_json(answer: Any, seconds: float) -> dict[str, Any]:
     return {
@@ -254,6 +710,12 @@ def _report_decoding(stats: Any) -> None:
         print(
             f"xl3m-stream: note: input was not clean UTF-8: {stats.replaced} invalid sequence(s) replaced, "
             f"{stats.nul_removed} NUL byte(s) removed",
+            file=sys.stderr,
+        )
+    if getattr(stats, "skipped_records", 0):
+        print(
+            f"xl3m-stream: note: skipped {stats.skipped_records} JSON-lines record(s) that were malformed, "
+            f"not objects, without a message, or too long",
             file=sys.stderr,
         )
 
@@ -293,9 +755,13 @@ def _quiet_libraries(verbose: bool) -> None:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         return
     logging.basicConfig(level=logging.WARNING, format="xl3m-stream: %(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:  # libraries that set their own loggers to DEBUG stay quiet
+        handler.setLevel(logging.WARNING)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    for noisy in ("bm25s", "sentence_transformers", "httpx", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     import warnings
 
     warnings.filterwarnings("ignore")

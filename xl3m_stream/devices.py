@@ -99,22 +99,15 @@ class DevicePool:
                     trust_remote_code=config.trust_remote_code,
                     allow_download=config.allow_download,
                 )
-            window = config.reader_window or reading.window
-            compiled = _maybe_compile(scoring, config)
-            scorer = Scorer(
-                scoring.model,
-                scoring.tokenizer,
-                tgain_top=config.tgain_top,
-                pad_to_segment=config.segment_tokens if compiled is not None else None,
-                compiled=compiled,
-            )
-            try:
-                reader = Reader(reading.model, reading.tokenizer, window=window, prompt_style=config.reader_prompt)
-            except ValueError as exc:
-                raise ConfigError(str(exc)) from None
-            log.info("replica %d on %s: %s (%s)", i, name, scoring.name, scoring.dtype)
-            replicas.append(Replica(i, device, scorer, reader, scoring, reading))
+            replicas.append(_replica(i, scoring, reading, config))
         return cls(replicas)
+
+    @classmethod
+    def from_models(cls, models: Sequence[LoadedModel], config: EngineConfig) -> DevicePool:
+        """One replica per model you already loaded (each on its own device); it also reads."""
+        if not models:
+            raise ConfigError("from_models needs at least one model")
+        return cls([_replica(i, m, m, config) for i, m in enumerate(models)])
 
     def pick(self, exclude: Sequence[int] = ()) -> Replica | None:
         """The healthy replica with the least work in flight (ties: lowest index), or None."""
@@ -137,6 +130,24 @@ class DevicePool:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def _replica(index: int, scoring: LoadedModel, reading: LoadedModel, config: EngineConfig) -> Replica:
+    window = config.reader_window or reading.window
+    compiled = _maybe_compile(scoring, config)
+    scorer = Scorer(
+        scoring.model,
+        scoring.tokenizer,
+        tgain_top=config.tgain_top,
+        pad_to_segment=config.segment_tokens if compiled is not None else None,
+        compiled=compiled,
+    )
+    try:
+        reader = Reader(reading.model, reading.tokenizer, window=window, prompt_style=config.reader_prompt)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    log.info("replica %d on %s: %s (%s)", index, scoring.device, scoring.name, scoring.dtype)
+    return Replica(index, scoring.device, scorer, reader, scoring, reading)
 
 
 def _maybe_compile(loaded: LoadedModel, config: EngineConfig) -> Any:

@@ -15,12 +15,14 @@ Works under asyncio and trio.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import logging
 import math
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,8 +33,9 @@ from sortedcontainers import SortedSet
 
 from .config import EngineConfig
 from .devices import DevicePool, Replica
-from .errors import EngineClosedError, InputError, ScoringError
+from .errors import ConfigError, EngineClosedError, InputError, ScoringError, StateError
 from .events import (
+    Alert,
     Answered,
     ErrorEvent,
     Event,
@@ -42,11 +45,35 @@ from .events import (
     SegmentScored,
 )
 from .inference import ContextSegment, KeyContext, assemble
+from .metrics import LatencyRecorder, Metrics
+from .models import wrap
+from .monitor import (
+    DEFAULT_COOLDOWN,
+    DEFAULT_MIN_OVERLAP,
+    DEFAULT_THRESHOLD,
+    DEFAULT_WATCH_MEASURE,
+    Monitor,
+    Threshold,
+    WatchStats,
+)
+from .persistence import (
+    FLAG_CUT,
+    FORMAT_VERSION,
+    EngineSnapshot,
+    Layout,
+    LogReader,
+    PendingSegment,
+    RecoveryReport,
+    StateDir,
+    StreamRecord,
+    check_state_dir,
+    tokenizer_fingerprint,
+)
 from .segment import Segment
 from .segmenter import MetaIndex, Segmenter, newline_token_ids
 from .sources import DecodeStats, Utf8Decoder
 from .store import SegmentStore, StoreEntry, rank_key, select_best
-from .tokenizer import IncrementalTokenizer
+from .tokenizer import IncrementalTokenizer, backend_tokenizer
 
 log = logging.getLogger("xl3m_stream.engine")
 
@@ -55,6 +82,8 @@ FEED_SLICE_CHARS = 1 << 16
 FEED_SLICE_TOKENS = 1 << 14
 THREAD_TOKENIZE_CHARS = 1 << 14
 """Text longer than this is tokenised in a worker thread so the event loop stays responsive."""
+MAX_EXPLAINING = 32
+"""Alerts explained at once; beyond it an alert is emitted without an explanation."""
 
 
 class Timings(msgspec.Struct, frozen=True, kw_only=True):
@@ -111,15 +140,24 @@ class _Pending:
 class Engine:
     """Streaming XL3M engine. Use ``async with Engine(config) as engine: ...``."""
 
-    def __init__(self, config: EngineConfig | None = None, **overrides: Any) -> None:
+    def __init__(
+        self, config: EngineConfig | None = None, *, model: Any = None, tokenizer: Any = None, **overrides: Any
+    ) -> None:
+        """``model``/``tokenizer``: a causal LM object you already hold (and its fast tokenizer),
+        used instead of loading ``config.model``; it scores and reads on its own device."""
         base = config if config is not None else EngineConfig()
         self.config = base.replace(**overrides) if overrides else base
+        if (model is None) != (tokenizer is None):
+            raise ConfigError("give both model= and tokenizer=, or neither")
+        self._given = (model, tokenizer) if model is not None else None
         self._pool: DevicePool | None = None
         self.decode_stats = DecodeStats()
         """Counters of bytes fed: invalid UTF-8 replaced, NUL bytes removed."""
         self._tg: anyio.abc.TaskGroup | None = None
         self._closed = False
         self._started = False
+        self._state: StateDir | None = None  # the open state_dir (persistence)
+        self._recovery: RecoveryReport | None = None
 
     # ------------------------------------------------------------------ lifecycle
     async def __aenter__(self) -> Engine:
@@ -134,7 +172,13 @@ class Engine:
             raise RuntimeError("an Engine can be started once")
         self._started = True
         cfg = self.config
-        self._pool = await anyio.to_thread.run_sync(DevicePool.load, cfg)
+        if cfg.state_dir is not None:
+            check_state_dir(cfg.state_dir)  # a bad path fails before the model loads
+        if self._given is not None:
+            loaded = wrap(*self._given)
+            self._pool = DevicePool.from_models([loaded], cfg)
+        else:
+            self._pool = await anyio.to_thread.run_sync(DevicePool.load, cfg)
         first = self._pool.first
         tok = first.scoring_model.tokenizer
         self._hf_tokenizer = tok
@@ -153,6 +197,8 @@ class Engine:
         self._pending: deque[_Pending] = deque()
         self._unscored: SortedSet = SortedSet()
         self._failed: list[Segment] = []
+        # with a state_dir: every segment cut and not yet scored, kept for snapshots
+        self._not_scored: dict[int, _Pending] | None = {} if cfg.state_dir is not None else None
         self._work = anyio.Event()
         self._progress = anyio.Event()
         self._flush_now = False
@@ -167,14 +213,28 @@ class Engine:
         )
         self._scoring_seconds = 0.0
         self._inflight = 0
+        # standing questions (watch) and metrics
+        self._monitor = Monitor()
+        self._watched: dict[int, tuple[int, ...]] = {}  # watch id -> question token ids
+        self._explaining = 0
+        self._explained = anyio.Event()
+        self._alerts_total = 0
+        self._latency = LatencyRecorder()
         if cfg.question is not None:
             self._explicit = self._encode_scoring_question(cfg.question)
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         self._tg.start_soon(self._batch_loop)
+        if cfg.state_dir is not None:
+            try:
+                await self._open_state()
+            except BaseException:
+                await self.aclose()  # (the task group must be left in this scope: no shield around it)
+                raise
 
     async def aclose(self) -> None:
-        """Stop background work (unscored segments are dropped; ``flush()`` first to keep them)."""
+        """Stop background work (unscored segments are dropped, unless a ``state_dir`` keeps
+        them for the next start; ``flush()`` first to score them now)."""
         if self._closed:
             return
         self._closed = True
@@ -184,6 +244,9 @@ class Engine:
                 await self._tg.__aexit__(None, None, None)
             finally:
                 self._tg = None
+        if self._state is not None:
+            with anyio.CancelScope(shield=True):
+                await self._close_state()
         for sub in list(getattr(self, "_subscribers", [])):
             sub.close()
         if self._pool is not None:
@@ -204,33 +267,48 @@ class Engine:
         a feed never loses or duplicates what was already taken in.
         """
         self._check_open()
+        if self._state is not None:
+            self._state.check_writable()
         if isinstance(data, (bytes, bytearray, memoryview)):
             data = self._bytes.decode(bytes(data))  # one decoder: a character split across feeds survives
+            if not data and self._state is not None:  # only part of a character: log its bytes
+                async with self._intake:
+                    self._log(self._position, ())
+                await self._commit()
         meta = None
         text = getattr(data, "text", None)
         if isinstance(text, str) and not isinstance(data, str):  # a TextChunk: text and metadata
             meta = getattr(data, "meta", None)
             data = text
+            if meta is not None and self._state is not None:
+                _check_meta(meta)  # it goes to the log: refuse it before anything is taken
         if isinstance(data, str):
             taken = 0
             for start in range(0, len(data), FEED_SLICE_CHARS):
                 taken += await self._take_text(data[start : start + FEED_SLICE_CHARS], meta)
+            await self._commit()
             return taken
         if isinstance(data, Sequence) and not isinstance(data, str):
             ids = _check_ids(data, len(self._hf_tokenizer))
             async with self._intake:
+                pos = self._position
                 head, ends = self._itok.flush_with_offsets()  # text fed earlier comes first
                 self._meta.add_tokens(ends)
                 self._take_ids(head, attributed=True)
+                self._log(pos, head, ends, end_doc=True)
             for start in range(0, len(ids), FEED_SLICE_TOKENS):
                 async with self._intake:
+                    pos = self._position
                     self._take_ids(ids[start : start + FEED_SLICE_TOKENS])
+                    self._log(pos, ids[start : start + FEED_SLICE_TOKENS])
                 await self._backpressure()
+            await self._commit()
             return len(head) + len(ids)
         raise InputError(f"feed() takes str, bytes, token ids or a TextChunk, not {type(data).__name__}")
 
     async def _take_text(self, text: str, meta: dict[str, Any] | None = None) -> int:
         async with self._intake:
+            pos = self._position
             if len(text) > THREAD_TOKENIZE_CHARS:
                 ids, ends = await anyio.to_thread.run_sync(self._itok.push_with_offsets, text)
             else:
@@ -239,6 +317,7 @@ class Engine:
             self._meta.add_chunk(self._chars_in, meta)
             self._meta.add_tokens(ends)
             self._take_ids(ids, attributed=True)
+            self._log(pos, ids, ends, text=text, meta=meta)
         await self._backpressure()
         return len(ids)
 
@@ -269,6 +348,8 @@ class Engine:
                 rolling = tuple(window[lo:hi]) if hi > 0 else tuple(seg.tokens[:n])
             self._pending.append(_Pending(seg, rolling))
             self._unscored.add(seg.seq)
+            if self._not_scored is not None:
+                self._not_scored[seg.seq] = self._pending[-1]
         if segments:
             self._counters["segments_cut"] += len(segments)
             self._work.set()
@@ -300,17 +381,26 @@ class Engine:
         """End the current segment (the stream's tail becomes a short segment) and wait until
         everything fed so far is scored. Returns the tokens this released."""
         self._check_open()
+        if self._state is not None:
+            self._state.check_writable()
         async with self._intake:
+            pos = self._position
             ids, ends = self._itok.flush_with_offsets()
             self._meta.add_tokens(ends)
             self._take_ids(ids, attributed=True)
-            history = list(self._recent)
-            tail = self._segmenter.flush()
-            self._queue(tail, history, self._position - len(history))
+            self._cut_tail()
+            self._log(pos, ids, ends, end_doc=True, cut=True)
             self._flush_now = True
             self._work.set()
+        await self._commit()
         await self.drain()
         return len(ids)
+
+    def _cut_tail(self) -> None:
+        """The stream's pending tokens become a (short) segment, queued for scoring."""
+        history = list(self._recent)
+        tail = self._segmenter.flush()
+        self._queue(tail, history, self._position - len(history))
 
     async def drain(self) -> None:
         """Wait until every segment cut so far has been scored (or has failed)."""
@@ -403,7 +493,7 @@ class Engine:
                 q_ids = tuple(self._recent)[-self.config.question_tokens :] or batch[0].segment.tokens[:1]
             segments = [p.segment for p in batch]
             try:
-                results = await self._score(segments, q_ids)
+                results, watched = await self._score_watched(segments, q_ids)
             except ScoringError as exc:
                 self._counters["segments_failed"] += len(segments)
                 self._failed.extend(segments)
@@ -429,6 +519,9 @@ class Engine:
                     self._emit(SegmentEvicted(time=now, seq=s.seq, start=s.start, end=s.end, score=gone.score))
                 if offer.kept:
                     self._emit(SegmentKept(time=now, seq=seg.seq, start=seg.start, end=seg.end, score=score))
+            self._check_watches(segments, watched)
+            if self._not_scored is not None:
+                self._mark_scored(segments)
             self._counters["segments_scored"] += len(segments)
             self._counters["batches"] += 1
             self._counters["scored_tokens"] += sum(s.n_tokens for s in segments)
@@ -440,7 +533,14 @@ class Engine:
             self._notify_progress()
 
     async def _score(self, segments: list[Segment], q_ids: tuple[int, ...]) -> list[dict[str, float]]:
-        """Score on the least-loaded replica; on failure try the others, then halve the batch."""
+        """Score against one question (see :meth:`_score_many`)."""
+        return (await self._score_many(segments, [q_ids]))[0]
+
+    async def _score_many(
+        self, segments: list[Segment], questions: list[tuple[int, ...]]
+    ) -> list[list[dict[str, float]]]:
+        """Score against each question (``result[j][i]``: segment i, question j), computing each
+        segment once. On the least-loaded replica; on failure try the others, then halve the batch."""
         assert self._pool is not None
         tried: list[int] = []
         last_error: BaseException | None = None
@@ -451,7 +551,7 @@ class Engine:
                 break
             tried.append(replica.index)
             try:
-                return await self._score_on(replica, token_lists, q_ids)
+                return await self._score_on(replica, token_lists, questions)
             except Exception as exc:  # a device fault (OOM, driver error...): try elsewhere
                 last_error = exc
                 replica.failures += 1
@@ -469,16 +569,18 @@ class Engine:
                 )
         if len(segments) > 1:  # e.g. out of memory: smaller batches may fit
             half = len(segments) // 2
-            return await self._score(segments[:half], q_ids) + await self._score(segments[half:], q_ids)
+            first = await self._score_many(segments[:half], questions)
+            second = await self._score_many(segments[half:], questions)
+            return [a + b for a, b in zip(first, second)]
         raise ScoringError(f"scoring failed on every replica: {type(last_error).__name__}: {last_error}")
 
     async def _score_on(
-        self, replica: Replica, token_lists: list[tuple[int, ...]], q_ids: tuple[int, ...]
-    ) -> list[dict[str, float]]:
+        self, replica: Replica, token_lists: list[tuple[int, ...]], questions: list[tuple[int, ...]]
+    ) -> list[list[dict[str, float]]]:
         scorer = replica.scorer
 
-        def work() -> list[dict[str, float]]:
-            return scorer.score(token_lists, scorer.prepare(q_ids))
+        def work() -> list[list[dict[str, float]]]:
+            return scorer.score_many(token_lists, [scorer.prepare(q) for q in questions])
 
         replica.inflight += 1
         started = time.perf_counter()
@@ -487,7 +589,9 @@ class Engine:
         finally:
             replica.inflight -= 1
             replica.batches += 1
-            self._scoring_seconds += time.perf_counter() - started
+            elapsed = time.perf_counter() - started
+            self._scoring_seconds += elapsed
+            self._latency.observe(elapsed)
 
     # ------------------------------------------------------------------ asking
     async def key_context(self, question: str | None = None, *, rescore: str | None = None) -> KeyContext:
@@ -564,15 +668,7 @@ class Engine:
             q_text = tokenizer.decode(list(q_ids))
         else:
             q_text, q_ids = self._encode_scoring_question(question)
-        q_reader_tokens = reader.question_tokens(q_text)
-        max_new = max_new_tokens or cfg.max_new_tokens
-        room = reader.window - reader.overhead - q_reader_tokens - len(reader.sep_ids) - max_new
-        if room < 1:
-            raise InputError(
-                f"question of {q_reader_tokens} tokens + {max_new} answer tokens does not fit the reader's "
-                f"window of {reader.window} tokens"
-            )
-        budget = min(cfg.context_tokens, room)
+        budget = self.budget_for(q_text, max_new_tokens=max_new_tokens)
 
         # The ask sees the stream as it was when it was called: segments cut later (while this
         # ask awaits re-scoring) are left out, and so are tokens fed later.
@@ -631,6 +727,7 @@ class Engine:
         remaining = budget - len(local_ids)
         chosen = select_best(candidates, remaining, exclude_from=local_start if local_ids else None)
         rescored = len(mine)
+        room = self.budget_for(q_text, max_new_tokens=max_new_tokens, whole_window=True)
         while True:
             ctx, ids = assemble(
                 chosen,
@@ -641,12 +738,88 @@ class Engine:
                 budget=budget,
                 stream_tokens=position,
             )
-            if ctx.tokens <= budget or not chosen:
+            if ctx.tokens <= room or not chosen:
                 break
-            worst = min(chosen, key=rank_key)  # gap markers pushed it over budget
+            worst = min(chosen, key=rank_key)  # gap markers pushed it past the reader's window
             chosen = [e for e in chosen if e is not worst]
         prompt = reader.prompt_ids(ids, q_text)
         return ctx, prompt, {"wait_s": waited, "rescore_s": rescore_s, "rescored": rescored}
+
+    def budget_for(self, question: str, *, max_new_tokens: int | None = None, whole_window: bool = False) -> int:
+        """Tokens of key context an answer to ``question`` may use: ``context_tokens``, capped
+        by the reader's window minus the prompt, the question and the answer (``whole_window``:
+        that cap alone)."""
+        self._check_open()
+        assert self._pool is not None
+        reader = self._pool.first.reader
+        q_tokens = reader.question_tokens(question)
+        max_new = max_new_tokens or self.config.max_new_tokens
+        room = reader.window - reader.overhead - q_tokens - len(reader.sep_ids) - max_new
+        if room < 1:
+            raise InputError(
+                f"question of {q_tokens} tokens + {max_new} answer tokens does not fit the reader's "
+                f"window of {reader.window} tokens"
+            )
+        return room if whole_window else min(self.config.context_tokens, room)
+
+    async def answer_with(
+        self,
+        segments: Sequence[Segment],
+        question: str,
+        *,
+        scores: Sequence[float | None] | None = None,
+        max_new_tokens: int | None = None,
+        budget: int | None = None,
+    ) -> Answer:
+        """Answer ``question`` from segments you chose (another retriever's, an evaluation's).
+
+        The segments are spliced in stream order exactly as the engine's own key context is;
+        they must fit ``budget`` (default :meth:`budget_for` the question; at most the room
+        the reader's window leaves).
+        """
+        self._check_open()
+        started = time.perf_counter()
+        room = self.budget_for(question, max_new_tokens=max_new_tokens, whole_window=True)
+        if budget is not None and budget > room:
+            raise InputError(f"budget of {budget} tokens exceeds the {room} the reader's window leaves")
+        budget = budget if budget is not None else self.budget_for(question, max_new_tokens=max_new_tokens)
+        values = list(scores) if scores is not None else [None] * len(segments)
+        if len(values) != len(segments):
+            raise InputError(f"{len(values)} scores for {len(segments)} segments")
+        entries = sorted(
+            (
+                StoreEntry(segment=seg, score=0.0 if v is None else float(v))
+                for seg, v in zip(segments, values, strict=True)
+            ),
+            key=lambda e: e.segment.seq,
+        )
+        ctx, ids = assemble(
+            entries, [], 0, tokenizer=self._hf_tokenizer, question=question, budget=budget, stream_tokens=self._position
+        )
+        content = sum(s.end - s.start for s in ctx.segments)
+        if content > budget or ctx.tokens > room:
+            raise InputError(
+                f"the chosen segments take {content} tokens ({ctx.tokens} with gap markers); "
+                f"the budget is {budget}, the reader's window leaves {room}"
+            )
+        assert self._pool is not None
+        prompt = self._pool.first.reader.prompt_ids(ids, question)
+        pieces: list[str] = []
+        first: float | None = None
+        async for piece in self._generate(prompt, max_new_tokens):
+            first = first if first is not None else time.perf_counter() - started
+            pieces.append(piece)
+        total = time.perf_counter() - started
+        return Answer(
+            text="".join(pieces),
+            question=question,
+            segments=ctx.segments,
+            context_tokens=ctx.tokens,
+            stream_tokens=self._position,
+            rescored=0,
+            timings=Timings(wait_s=0.0, rescore_s=0.0, first_token_s=first, total_s=total),
+            model=self._pool.first.reader_model.name,
+        )
 
     def _itok_pending_ids(self) -> list[int]:
         return self._itok.pending_ids()
@@ -680,7 +853,7 @@ class Engine:
                 max_new_tokens=max_new,
                 temperature=cfg.temperature,
                 seed=cfg.seed,
-                stop=cfg.stop,
+                stop=cfg.stop if cfg.stop is not None else reader.default_stop,
                 should_stop=stop.is_set,
             ):
                 if stop.is_set():
@@ -709,6 +882,435 @@ class Engine:
             stop.set()
         if failure:
             raise failure[0]
+
+    # ------------------------------------------------------------------ standing questions (watch)
+    def watch(
+        self,
+        question: str,
+        *,
+        threshold: str | float | Threshold = DEFAULT_THRESHOLD,
+        measure: str = DEFAULT_WATCH_MEASURE,
+        warmup: int | None = None,
+        cooldown: int = DEFAULT_COOLDOWN,
+        min_score: float | None = None,
+        min_overlap: float | None = DEFAULT_MIN_OVERLAP,
+        explain: bool = False,
+    ) -> int:
+        """Watch for ``question``: every segment scored from now on is also scored against it,
+        and one whose relevance crosses ``threshold`` emits an :class:`Alert` event.
+
+        ``threshold``: ``"z2"`` (2 standard deviations above the mean of the recent scores),
+        ``"p99.5"`` (above their 99.5th percentile) or a number (an absolute score); relative
+        thresholds wait ``warmup`` segments (default: enough for the threshold to mean
+        something). ``min_overlap``: the lexical gate, the share of the question's
+        information (idf-weighted words) the segment must hold; None turns it off (then use a
+        stricter threshold, e.g. ``"z4"``). ``cooldown``: crossings within that many segments
+        of the last one do not alert again. ``explain``: the reader answers the question from
+        the alerting segment,
+        off the scoring path, and the alert is emitted with that answer as ``explanation``.
+        All watched questions share one pass per batch: each segment is computed once and
+        its KV cache reused for every question. See docs/MONITORING.md. Returns the watch id
+        (``Alert.question_index``).
+        """
+        self._check_open()
+        _, ids = self._encode_scoring_question(question)
+        watch = self._monitor.add(
+            question,
+            threshold=threshold,
+            measure=measure,
+            warmup=warmup,
+            cooldown=cooldown,
+            min_score=min_score,
+            min_overlap=min_overlap,
+            explain=explain,
+        )
+        self._watched[watch.id] = ids
+        return watch.id
+
+    def unwatch(self, watch_id: int) -> None:
+        """Stop watching (segments already being scored may still alert for it)."""
+        self._check_open()
+        self._monitor.remove(watch_id)
+        del self._watched[watch_id]
+
+    def watches(self) -> list[WatchStats]:
+        """The watched questions with their running statistics and alert counts."""
+        return [self._monitor.stats(w.id) for w in self._monitor]
+
+    async def explained(self) -> None:
+        """Wait until every alert waiting for its explanation has been emitted."""
+        while self._explaining:
+            await self._explained.wait()
+
+    async def _score_watched(
+        self, segments: list[Segment], q_ids: tuple[int, ...]
+    ) -> tuple[list[dict[str, float]], dict[int, list[dict[str, float]]]]:
+        """Scores for the batch's question and for every watched question, in one shared pass."""
+        watched = dict(self._watched)  # a snapshot: watch() may run while the batch is scored
+        questions = list(dict.fromkeys([q_ids, *watched.values()]))
+        results = dict(zip(questions, await self._score_many(segments, questions)))
+        return results[q_ids], {wid: results[ids] for wid, ids in watched.items()}
+
+    def _check_watches(self, segments: list[Segment], watched: dict[int, list[dict[str, float]]]) -> None:
+        """Hand each watched question's scores to the monitor; emit (or explain) the alerts."""
+        texts: dict[int, str] = {}
+
+        def text_of(seg: Segment) -> str:  # decoded once, whatever the number of watches
+            if seg.seq not in texts:
+                texts[seg.seq] = self._hf_tokenizer.decode(list(seg.tokens))
+            return texts[seg.seq]
+
+        for wid, rows in watched.items():
+            if wid not in self._monitor:
+                continue  # unwatched while the batch was scored
+            watch = self._monitor.get(wid)
+            for seg, scores in zip(segments, rows):
+                text = text_of(seg) if watch.min_overlap is not None else None
+                decision = self._monitor.observe(wid, seg.seq, scores, text)
+                if not decision.alert:
+                    continue
+                self._alerts_total += 1
+                alert = Alert(
+                    time=time.time(),
+                    question=watch.question,
+                    question_index=wid,
+                    seq=seg.seq,
+                    start=seg.start,
+                    end=seg.end,
+                    score=decision.score,
+                    threshold=decision.threshold if decision.threshold is not None else math.nan,
+                    text=text_of(seg),
+                    meta=seg.meta,
+                    measure=watch.measure,
+                    scores=scores,
+                    overlap=decision.overlap,
+                )
+                if watch.explain and self._explaining < MAX_EXPLAINING and self._tg is not None:
+                    self._explaining += 1
+                    self._tg.start_soon(self._explain, alert, seg)
+                else:
+                    self._emit(alert)
+
+    async def _explain(self, alert: Alert, segment: Segment) -> None:
+        """Emit ``alert`` with the reader's answer to its question from its segment."""
+        try:
+            assert self._pool is not None
+            reader = self._pool.first.reader
+            max_new = self.config.max_new_tokens
+            room = reader.window - reader.overhead - reader.question_tokens(alert.question) - len(reader.sep_ids)
+            context = list(segment.tokens)[-max(0, room - max_new) :] if room > max_new else []
+            prompt = reader.prompt_ids(context, alert.question)
+            pieces = [piece async for piece in self._generate(prompt, max_new)]
+            alert = msgspec.structs.replace(alert, explanation="".join(pieces).strip())
+        except Exception as exc:  # the alert matters more than its explanation
+            log.warning("explaining alert on segment %d failed: %s", alert.seq, exc)
+        finally:
+            self._emit(alert)
+            self._explaining -= 1
+            if not self._explaining:
+                self._explained.set()
+                self._explained = anyio.Event()
+
+    def metrics(self) -> Metrics:
+        """Counters and timings, for logs and dashboards (see :mod:`xl3m_stream.metrics`)."""
+        c = self._counters
+        return Metrics(
+            time=time.time(),
+            tokens_in=self._position,
+            segments_cut=c["segments_cut"],
+            segments_scored=c["segments_scored"],
+            segments_failed=c["segments_failed"],
+            scored_tokens=c["scored_tokens"],
+            batches=c["batches"],
+            queue_depth=len(self._pending),
+            inflight_batches=self._inflight,
+            store_segments=len(self._store),
+            store_tokens=self._store.tokens,
+            scoring_seconds=self._scoring_seconds,
+            scoring_latency=self._latency.snapshot(),
+            watches=len(self._monitor),
+            alerts=self._alerts_total,
+            asks=c["asks"],
+            errors=c["errors"],
+        )
+
+    # ------------------------------------------------------------------ persistence (state_dir)
+    # The format, its checks and the files live in persistence.py; here the engine only says
+    # what to log (each intake step, before feed returns), what a snapshot holds, and how to
+    # put both back. See docs/RELIABILITY.md.
+
+    async def _open_state(self) -> None:
+        """Open ``config.state_dir``: restore its newest snapshot, replay the log records after it."""
+        cfg = self.config
+        assert cfg.state_dir is not None and self._pool is not None and self._not_scored is not None
+        layout = await anyio.to_thread.run_sync(self._layout)
+        state = await anyio.to_thread.run_sync(
+            functools.partial(
+                StateDir.open,
+                cfg.state_dir,
+                layout=layout,
+                model=cfg.model,
+                model_name=self._pool.first.scoring_model.name,
+                fsync=cfg.fsync,
+            )
+        )
+        try:
+            snap = await anyio.to_thread.run_sync(state.recover)
+            if snap is not None:
+                self._restore_snapshot(snap, stale=state.report.model_changed)
+            cut_before = self._counters["segments_cut"]
+            records = state.replay()
+            while batch := await anyio.to_thread.run_sync(_next_records, records):  # disk reads off the loop
+                for rec, ids, ends in batch:
+                    self._apply_record(rec, ids, ends)
+                await self._backpressure()
+            tokenizer, chars, held = state.resume
+            self._itok.restore(tokenizer)
+            self._chars_in = chars
+            self._bytes.restore(held)
+        except BaseException:
+            state.close()
+            raise
+        report = state.report
+        report.requeued_segments = (len(snap.unscored) if snap is not None else 0) + (
+            self._counters["segments_cut"] - cut_before
+        )
+        self._state = state
+        self._recovery = report
+        self._snapshot_lock = anyio.Lock()
+        self._persist_wake = anyio.Event()
+        log.info(
+            "state %s: %s; snapshot %s, %d log records replayed, %d segments to score, %d tokens",
+            state.path,
+            "new" if report.created else "restored",
+            report.snapshot,
+            report.replayed_records,
+            report.requeued_segments,
+            report.tokens,
+        )
+        assert self._tg is not None
+        self._tg.start_soon(self._persist_loop)
+
+    def _layout(self) -> Layout:
+        """What decides the segments cut from logged ids (checked against the state's)."""
+        cfg = self.config
+        tok = self._hf_tokenizer
+        vocab = backend_tokenizer(tok).get_vocab(with_added_tokens=True)
+        return Layout(
+            segment_tokens=cfg.segment_tokens,
+            segment_overlap=cfg.segment_overlap,
+            segment_cut=cfg.segment_cut,
+            boundary_ids=sorted(newline_token_ids(tok)) if cfg.segment_cut == "lines" else None,
+            vocab_size=len(tok),
+            tokenizer_sha256=tokenizer_fingerprint(vocab),
+        )
+
+    def _restore_snapshot(self, snap: EngineSnapshot, *, stale: bool) -> None:
+        """Put the engine where ``snap`` says it was (the log records after it come next)."""
+        cfg = self.config
+        assert self._not_scored is not None
+        self._segmenter.restore(snap.segmenter)
+        self._meta.restore(snap.meta_index)
+        self._itok.restore(snap.tokenizer)
+        self._recent.extend(snap.recent)
+        self._position = snap.position
+        self._chars_in = snap.chars
+        self._bytes.restore(snap.held)
+        self._question_keys = {tuple(q): i + 1 for i, q in enumerate(snap.questions)}
+        store = SegmentStore.from_snapshot(snap.store)
+        store.resize(cfg.store_segments, cfg.store_tokens)  # the bounds may have changed
+        if stale and len(store):  # scored by another model: re-scored at the next ask
+            store.rescore({e.segment.seq: e.score for e in store}, question_id=0)
+        self._store = store
+        for p in snap.unscored:  # cut but not scored before the stop: scored now
+            pending = _Pending(p.segment, tuple(p.question) if p.question is not None else None)
+            self._pending.append(pending)
+            self._unscored.add(p.segment.seq)
+            self._not_scored[p.segment.seq] = pending
+        if snap.unscored:
+            self._work.set()
+        for name, value in snap.counters.items():
+            if name in self._counters:
+                self._counters[name] = value
+        for name in DecodeStats.__struct_fields__:
+            setattr(self.decode_stats, name, getattr(snap.decode, name))
+
+    def _apply_record(self, rec: StreamRecord, ids: list[int], ends: list[int]) -> None:
+        """Redo one logged intake step: the calls feed/flush made, minus the tokenizer's work."""
+        if rec.text:
+            self._meta.add_chunk(rec.chars, rec.meta)
+        if ends:
+            self._meta.add_tokens(ends)
+            self._take_ids(ids, attributed=True)
+        else:
+            self._take_ids(ids)
+        if rec.flags & FLAG_CUT:
+            self._cut_tail()
+
+    def _log(
+        self,
+        pos: int,
+        ids: Sequence[int],
+        ends: Sequence[int] = (),
+        *,
+        text: str = "",
+        meta: dict[str, Any] | None = None,
+        end_doc: bool = False,
+        cut: bool = False,
+    ) -> None:
+        """Log one intake step that took ``ids`` at stream token ``pos`` (no-op without a state)."""
+        if self._state is not None:
+            self._state.append(
+                pos,
+                ids,
+                ends,
+                text=text,
+                meta=meta,
+                chars=self._chars_in,
+                consumed=self._itok.chars_consumed,
+                end_doc=end_doc,
+                cut=cut,
+                held=self._bytes.held,
+            )
+
+    async def _commit(self) -> None:
+        """``fsync="always"``: put what was logged on stable storage before ``feed`` returns."""
+        state = self._state
+        if state is not None and state.fsync_policy == "always" and state.sync_due():
+            await anyio.to_thread.run_sync(state.sync)
+
+    def _mark_scored(self, segments: list[Segment]) -> None:
+        """Segments scored and offered to the store: a snapshot need not keep them aside."""
+        assert self._not_scored is not None
+        for seg in segments:
+            self._not_scored.pop(seg.seq, None)
+        state = self._state
+        if state is not None:
+            state.scored_since_snapshot += len(segments)
+            if state.scored_since_snapshot >= self.config.snapshot_every_segments:
+                self._persist_wake.set()
+
+    def _capture(self) -> EngineSnapshot:
+        """The engine's state now; call it between intake steps (with the intake lock held)."""
+        assert self._state is not None and self._not_scored is not None
+        offset, records = self._state.snapshot_cursor()
+        questions = {key: ids for ids, key in self._question_keys.items()}
+        store = self._store.snapshot()
+        used = sorted({e.question_id for e in store.entries if e.question_id in questions})
+        renumber = {key: i + 1 for i, key in enumerate(used)}  # dense: new keys never collide
+        entries = [msgspec.structs.replace(e, question_id=renumber.get(e.question_id, 0)) for e in store.entries]
+        return EngineSnapshot(
+            version=FORMAT_VERSION,
+            time=time.time(),
+            log_offset=offset,
+            log_records=records,
+            position=self._position,
+            chars=self._chars_in,
+            held=self._bytes.held,
+            tokenizer=self._itok.state(),
+            segmenter=self._segmenter.state(),
+            meta_index=self._meta.state(),
+            recent=list(self._recent),
+            store=msgspec.structs.replace(store, entries=entries),
+            questions=[list(questions[key]) for key in used],
+            unscored=[
+                PendingSegment(segment=p.segment, question=list(p.question) if p.question is not None else None)
+                for _, p in sorted(self._not_scored.items())
+            ],
+            counters=dict(self._counters),
+            decode=DecodeStats(**msgspec.structs.asdict(self.decode_stats)),
+        )
+
+    async def _write_snapshot(self) -> None:
+        state = self._state
+        assert state is not None
+        async with self._snapshot_lock:
+            async with self._intake:
+                snap = self._capture()
+                state.scored_since_snapshot = 0
+            await anyio.to_thread.run_sync(state.write_snapshot, snap)
+
+    async def checkpoint(self) -> None:
+        """Write a snapshot to ``state_dir`` now (also done every ``snapshot_every_s`` or
+        ``snapshot_every_segments``, and at close): a restart then replays less of the log."""
+        self._check_open()
+        if self._state is None:
+            raise StateError("checkpoint() needs a state_dir (EngineConfig.state_dir)")
+        await self._write_snapshot()
+
+    async def _persist_loop(self) -> None:
+        """Background durability: fsync the log as the policy says, write periodic snapshots."""
+        cfg = self.config
+        state = self._state
+        assert state is not None
+        tick = min(cfg.fsync_interval_s, cfg.snapshot_every_s)
+        while True:
+            with anyio.move_on_after(tick):
+                await self._persist_wake.wait()
+            self._persist_wake = anyio.Event()
+            try:
+                if state.sync_due(interval=cfg.fsync_interval_s):
+                    await anyio.to_thread.run_sync(state.sync)
+                if state.snapshot_due(cfg.snapshot_every_s, cfg.snapshot_every_segments):
+                    await self._write_snapshot()
+            except (OSError, StateError) as exc:  # e.g. disk full: the log still holds everything
+                self._counters["errors"] += 1
+                log.error("state %s: %s", state.path, exc)
+                self._emit(ErrorEvent(time=time.time(), kind="state", message=str(exc)))
+                await anyio.sleep(tick)
+
+    async def _close_state(self) -> None:
+        """Final snapshot (segments not scored yet are kept for the next start), then close."""
+        state = self._state
+        assert state is not None
+        try:
+            await self._write_snapshot()
+        except Exception as exc:
+            log.warning("state %s: final snapshot failed (the log holds everything): %s", state.path, exc)
+        finally:
+            self._state = None
+            await anyio.to_thread.run_sync(state.close)
+
+    @property
+    def recovery(self) -> RecoveryReport | None:
+        """What starting on ``state_dir`` found and restored (None without a state_dir)."""
+        return self._recovery
+
+    async def rescan(self, question: str | None = None) -> int:
+        """Score every segment of the stream kept in ``state_dir`` against ``question`` (default:
+        the engine's question) and refill the store with the best of them.
+
+        The store is bounded, so segments evicted as irrelevant to the questions they met on
+        arrival are gone from it; the log still holds them. A re-scan reads them back and scores
+        them all: linear in the stream, like ingesting it again without tokenising. Segments cut
+        while it runs keep the scores they got. Returns the number of segments scored.
+        """
+        self._check_open()
+        if self._state is None:
+            raise StateError("rescan() needs a state_dir (EngineConfig.state_dir): the log it reads")
+        if question is None:
+            if self._explicit is None:
+                raise InputError("rescan() needs a question (the engine has none set)")
+            question = self._explicit[0]
+        _, q_ids = self._encode_scoring_question(question)
+        key = self._question_key(q_ids)
+        cfg = self.config
+        async with self._intake:
+            horizon, upto = self._segmenter.next_seq, self._state.records  # what the log holds now
+        fresh = SegmentStore(cfg.store_segments, cfg.store_tokens)
+        segments = LogReader(self._state.path, upto_records=upto).segments()
+        scanned = 0
+        while batch := await anyio.to_thread.run_sync(_next_records, segments, cfg.batch_size):
+            results = await self._score(batch, q_ids)
+            for seg, scores in zip(batch, results):
+                score = scores[cfg.measure]
+                fresh.offer(seg, score if math.isfinite(score) else -1e30, question_id=key, scores=scores)
+            scanned += len(batch)
+        for entry in self._store:  # cut after the re-scan began: kept with their own scores
+            if entry.segment.seq >= horizon:
+                fresh.offer(entry.segment, entry.score, question_id=entry.question_id, scores=entry.scores)
+        self._store = fresh
+        return scanned
 
     # ------------------------------------------------------------------ events and stats
     def events(self) -> EventStream:
@@ -784,6 +1386,20 @@ class Engine:
         self._check_open()
         assert self._pool is not None
         return self._pool.first.scoring_model.name
+
+
+def _next_records(records: Iterator[Any], n: int = 256) -> list[Any]:
+    """Up to ``n`` items of ``records`` (run in a worker thread: they come from disk)."""
+    return list(itertools.islice(records, n))
+
+
+def _check_meta(meta: Any) -> None:
+    if not isinstance(meta, dict):
+        raise InputError(f"TextChunk.meta must be a dict or None, not {type(meta).__name__}")
+    try:
+        msgspec.msgpack.encode(meta)
+    except (TypeError, msgspec.EncodeError) as exc:
+        raise InputError(f"TextChunk.meta must hold JSON-compatible values: {exc}") from None
 
 
 def _check_ids(data: Sequence[Any], vocab: int) -> list[int]:

@@ -60,7 +60,15 @@ class Answered(Event, frozen=True, kw_only=True, tag="answered"):
 
 
 class Alert(Event, frozen=True, kw_only=True, tag="alert"):
-    """A segment crossed a standing question's threshold (see ``Engine.watch``)."""
+    """A segment crossed a standing question's threshold (see ``Engine.watch``).
+
+    ``question_index`` is the watch id ``Engine.watch`` returned; ``score`` is the segment's
+    relevance by the watch's ``measure`` and ``threshold`` the score it had to exceed;
+    ``scores`` holds every measure and ``overlap`` the lexical overlap with the question
+    (when the watch's lexical gate is on). ``text`` and ``meta`` (line and time range, log fields)
+    say what the segment holds; ``explanation`` is the reader's short answer to the question
+    from that segment, when the watch asked for one.
+    """
 
     question: str
     question_index: int
@@ -72,6 +80,9 @@ class Alert(Event, frozen=True, kw_only=True, tag="alert"):
     text: str
     meta: dict[str, Any] | None = None
     explanation: str | None = None
+    measure: str | None = None
+    scores: dict[str, float] = {}
+    overlap: float | None = None
 
 
 class EventsDropped(Event, frozen=True, kw_only=True, tag="dropped"):

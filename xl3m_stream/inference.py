@@ -115,15 +115,19 @@ def assemble(
 class Reader:
     """Generates answers from a key context with one causal LM on one device."""
 
-    def __init__(self, model: Any, tokenizer: Any, *, window: int, prompt_style: str = "plain") -> None:
-        if prompt_style not in ("plain", "chat"):
-            raise ValueError(f"prompt_style must be 'plain' or 'chat', got {prompt_style!r}")
+    def __init__(self, model: Any, tokenizer: Any, *, window: int, prompt_style: str = "auto") -> None:
+        if prompt_style not in ("auto", "plain", "chat"):
+            raise ValueError(f"prompt_style must be 'auto', 'plain' or 'chat', got {prompt_style!r}")
+        if prompt_style == "auto":
+            prompt_style = "chat" if getattr(tokenizer, "chat_template", None) else "plain"
         if prompt_style == "chat" and not getattr(tokenizer, "chat_template", None):
             raise ValueError("reader_prompt='chat' needs a tokenizer with a chat template")
         self.model = model
         self.tokenizer = tokenizer
         self.window = window
         self.prompt_style = prompt_style
+        self.default_stop: tuple[str, ...] = ("\n",) if prompt_style == "plain" else ()
+        """Stop strings when the config gives none: a plain prompt is continued until the line ends."""
         self.device = next(model.parameters()).device
         eos = set()
         for source in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):

@@ -278,6 +278,22 @@ def load(
     )
 
 
+def wrap(model: Any, tokenizer: Any, *, name: str | None = None) -> LoadedModel:
+    """A model object you already hold (on its device, in its dtype), ready for an Engine."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise ModelLoadError("xl3m_stream needs a fast (Rust) tokenizer")
+    param = next(model.parameters())
+    model.eval()
+    return LoadedModel(
+        name=name or getattr(model.config, "_name_or_path", "") or type(model).__name__,
+        model=model,
+        tokenizer=tokenizer,
+        device=param.device,
+        dtype=param.dtype,
+        window=model_window(model.config, tokenizer),
+    )
+
+
 def model_window(config: Any, tokenizer: Any = None) -> int:
     """The context window a model was built for (``max_position_embeddings`` and kin)."""
     for attr in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):

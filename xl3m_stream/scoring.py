@@ -13,12 +13,17 @@ Every measure is reported as a *relevance*: higher means more relevant (so entro
 negated). Batches are left-padded with explicit position ids, and logits are computed only at
 q's positions (``logits_to_keep``), so the vocabulary projection costs ``len(q)`` rows per segment.
 
+Several questions over the same segments (a watched question, the engine's own) go through
+:meth:`Scorer.score_many`: the segments' forward pass runs once, keeping its KV cache, and each
+question then costs a forward of its own tokens only, continuing from that cache.
+
 This module is plain synchronous code: no event loop, no store. The engine calls
-:meth:`Scorer.score` from a worker thread.
+:meth:`Scorer.score` / :meth:`Scorer.score_many` from a worker thread.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -145,6 +150,15 @@ class Scorer:
         self._forward = compiled if compiled is not None else model
         self._questions: OrderedDict[tuple[int, ...], PreparedQuestion] = OrderedDict()
         self._next_qid = 1
+        # transformers renamed `past_key_values` to `cache`; pass whichever this model's forward takes
+        params = inspect.signature(model.forward).parameters
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
+        self._shared_prefix = True  # score_many: reuse each segment's KV cache across questions
+
+    @property
+    def forward(self) -> Any:
+        """The callable used for forward passes: the model, or its compiled version."""
+        return self._forward
 
     # --- questions ---------------------------------------------------------------------
     def encode_question(self, text: str) -> tuple[int, ...]:
@@ -181,6 +195,82 @@ class Scorer:
         columns = {name: values.tolist() for name, values in rel.items()}
         return [{name: columns[name][i] for name in MEASURES} for i in range(len(segments))]
 
+    def score_many(
+        self, segments: Sequence[Sequence[int]], questions: Sequence[PreparedQuestion]
+    ) -> list[list[dict[str, float]]]:
+        """Relevance of each segment to each question, computing each segment once.
+
+        Returns ``result[j][i]``: the measures of segment ``i`` for ``questions[j]``, equal (up
+        to float rounding) to ``score(segments, questions[j])[i]``.
+
+        One forward pass over the left-padded rows ``prefix + segment + sep`` keeps their KV
+        cache (and the logits at the last position, which predict every question's first
+        token); then, per question, a forward of ``question[:-1]`` alone continues every row
+        from that cache, with position ids continuing from each row's real length. The cache
+        is rewound after each question, so a question costs ``len(question) - 1`` tokens per
+        segment instead of a whole segment. A single question takes the plain :meth:`score`
+        path (the one ``torch.compile`` applies to). Models whose cache cannot be rewound
+        fall back to one :meth:`score` per question.
+        """
+        if not questions:
+            return []
+        if len(questions) == 1 or not self._shared_prefix:
+            return [self.score(segments, q) for q in questions]
+        if not segments:
+            raise ValueError("batch needs at least one segment")
+        try:
+            return self._score_shared(segments, questions)
+        except _CacheRewindError:
+            self._shared_prefix = False
+            return [self.score(segments, q) for q in questions]
+
+    @torch.inference_mode()
+    def _score_shared(
+        self, segments: Sequence[Sequence[int]], questions: Sequence[PreparedQuestion]
+    ) -> list[list[dict[str, float]]]:
+        from transformers import DynamicCache
+
+        # rows prefix + segment + sep: build_batch with a one-token "question" whose [:-1] is empty
+        sep = self.sep or (self.pad_id,)
+        batch = build_batch(segments, (0,), prefix=self.prefix, sep=sep, pad_id=self.pad_id)
+        width = batch.input_ids.shape[1]
+        mask = batch.attention_mask.to(self.device)
+        cache = DynamicCache(config=self.model.config)
+        out = self.model(
+            input_ids=batch.input_ids.to(self.device),
+            attention_mask=mask,
+            position_ids=batch.position_ids.to(self.device),
+            logits_to_keep=1,
+            use_cache=True,
+            **{self._cache_arg: cache},
+        )
+        first = out.logits[:, -1:, :]  # predicts every question's first token
+        lengths = mask.sum(dim=1, keepdim=True)  # real tokens per row: the next position id
+        results = []
+        for q in questions:
+            tail = len(q.ids) - 1
+            if tail == 0:
+                logits = first
+            else:
+                ids = torch.tensor([q.ids[:-1]], dtype=torch.long, device=self.device).expand(len(segments), -1)
+                ones = torch.ones((len(segments), tail), dtype=mask.dtype, device=self.device)
+                step = torch.arange(tail, device=self.device).view(1, -1)
+                cont = self.model(
+                    input_ids=ids,
+                    attention_mask=torch.cat([mask, ones], dim=1),
+                    position_ids=lengths + step,
+                    logits_to_keep=tail,
+                    use_cache=True,
+                    **{self._cache_arg: cache},
+                )
+                logits = torch.cat([first, cont.logits[:, -tail:, :].to(first.dtype)], dim=1)
+                _rewind(cache, width)
+            targets = torch.tensor(q.ids, dtype=torch.long, device=self.device)
+            rel = relevance(certainty(logits, targets), q.baseline_nll, top=self.tgain_top)
+            columns = {name: values.tolist() for name, values in rel.items()}
+            results.append([{name: columns[name][i] for name in MEASURES} for i in range(len(segments))])
+        return results
+
     @torch.inference_mode()
     def _certainty(self, batch: Batch, question: Sequence[int]) -> Certainty:
         out = self._forward(
@@ -192,6 +282,23 @@ class Scorer:
         )
         targets = torch.tensor(question, dtype=torch.long, device=self.device)
         return certainty(out.logits[:, -batch.n_keep :, :], targets)
+
+
+class _CacheRewindError(RuntimeError):
+    """The model's KV cache could not be cut back to the shared prefix."""
+
+
+def _rewind(cache: Any, length: int) -> None:
+    """Cut ``cache`` back to its first ``length`` positions (a negative ``crop`` removes tokens,
+    in transformers 4.x and 5.x alike)."""
+    extra = cache.get_seq_length() - length
+    if extra > 0:
+        try:
+            cache.crop(-extra)
+        except (AttributeError, ValueError, RuntimeError, NotImplementedError) as exc:
+            raise _CacheRewindError(str(exc)) from exc
+    if cache.get_seq_length() != length:
+        raise _CacheRewindError(f"cache holds {cache.get_seq_length()} positions after rewinding to {length}")
 
 
 def bos_prefix(tokenizer: Any) -> tuple[int, ...]:

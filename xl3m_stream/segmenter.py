@@ -38,10 +38,34 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
+import msgspec
+
 from .segment import Segment, merge_meta
 from .tokenizer import backend_tokenizer
 
-__all__ = ["MetaIndex", "Segmenter", "newline_token_ids"]
+__all__ = ["MetaIndex", "MetaIndexState", "Segmenter", "SegmenterState", "newline_token_ids"]
+
+
+class SegmenterState(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Where a :class:`Segmenter` stands (see :meth:`Segmenter.state` / :meth:`Segmenter.restore`)."""
+
+    next_seq: int
+    start: int
+    """Absolute stream offset of ``pending[0]``."""
+    pending: list[int]
+    """Tokens received but not yet in a segment, preceded by the carried overlap."""
+    carried: int
+    """How many leading ``pending`` tokens are already in an earlier segment."""
+
+
+class MetaIndexState(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The contents of a :class:`MetaIndex` (see :meth:`MetaIndex.state` / :meth:`MetaIndex.restore`)."""
+
+    tokens: int
+    chunks: list[tuple[int, dict[str, Any] | None]]
+    """(character end, metadata) of chunks not yet fully tokenised."""
+    runs: list[tuple[int, int, dict[str, Any] | None]]
+    """(first token, end token, metadata) of the tokens a future segment may still cover."""
 
 
 def newline_token_ids(tokenizer: object) -> frozenset[int]:
@@ -134,6 +158,35 @@ class Segmenter:
     def next_seq(self) -> int:
         """The ``seq`` the next segment will get."""
         return self._next_seq
+
+    def state(self) -> SegmenterState:
+        """The pending tokens and counters, to resume later with :meth:`restore`."""
+        return SegmenterState(
+            next_seq=self._next_seq, start=self._buf_start, pending=self._buf[self._head :], carried=self._carried
+        )
+
+    def restore(self, state: SegmenterState) -> None:
+        """Continue from ``state`` (made by a segmenter with the same length, overlap and boundary
+        ids), discarding what this one held. Raises ValueError for an inconsistent state."""
+        pending = list(state.pending)
+        for name in ("next_seq", "start", "carried"):
+            value = getattr(state, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"segmenter state: {name} must be an int >= 0, got {value!r}")
+        if len(pending) >= self._length:
+            raise ValueError(f"segmenter state: {len(pending)} pending tokens, but segments hold {self._length}")
+        if state.carried > min(len(pending), self._overlap):
+            raise ValueError(f"segmenter state: carried={state.carried} exceeds the overlap or the pending tokens")
+        if any(isinstance(t, bool) or not isinstance(t, int) or t < 0 for t in pending):
+            raise ValueError("segmenter state: pending tokens must be ints >= 0")
+        self._next_seq = state.next_seq
+        self._buf = pending
+        self._head = 0
+        self._buf_start = state.start
+        self._carried = state.carried
+        boundary = self._boundary
+        self._bpos = [state.start + i for i, t in enumerate(pending) if t in boundary] if boundary is not None else []
+        self._bhead = 0
 
     # -- streaming API ------------------------------------------------------------------
 
@@ -260,3 +313,17 @@ class MetaIndex:
     def forget_before(self, token_pos: int) -> None:
         while self._runs and self._runs[0][1] <= token_pos:
             self._runs.popleft()
+
+    def state(self) -> MetaIndexState:
+        """The index's contents, to resume later with :meth:`restore`."""
+        return MetaIndexState(tokens=self._tokens, chunks=list(self._chunks), runs=list(self._runs))
+
+    def restore(self, state: MetaIndexState) -> None:
+        """Replace the index's contents with ``state``."""
+        if not isinstance(state.tokens, int) or state.tokens < 0:
+            raise ValueError(f"meta index state: tokens must be an int >= 0, got {state.tokens!r}")
+        if any(not 0 <= s <= e <= state.tokens for s, e, _ in state.runs):
+            raise ValueError("meta index state: a run lies outside the tokens counted")
+        self._chunks = deque((end, meta) for end, meta in state.chunks)
+        self._runs = deque((s, e, meta) for s, e, meta in state.runs)
+        self._tokens = state.tokens

@@ -156,6 +156,19 @@ class Utf8Decoder:
         """Drop any held-back incomplete sequence without decoding it."""
         self._decoder.reset()
 
+    @property
+    def held(self) -> bytes:
+        """The bytes of an incomplete character held back for the next input (at most 3)."""
+        return bytes(self._decoder.getstate()[0])
+
+    def restore(self, held: bytes) -> None:
+        """Hold ``held`` back as the start of the next input (what :attr:`held` returned earlier)."""
+        if not isinstance(held, (bytes, bytearray)) or len(held) > 3:
+            raise ValueError(f"held bytes must be bytes of length <= 3, got {held!r}")
+        self._decoder.reset()
+        if held:
+            self._decoder.setstate((bytes(held), 0))
+
     def _decode(self, data: bytes, *, final: bool) -> str:
         before = getattr(_replacements, "count", 0)
         text = self._decoder.decode(data, final)

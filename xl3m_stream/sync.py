@@ -18,6 +18,9 @@ from .config import EngineConfig
 from .engine import Answer, Engine, EngineStats
 from .errors import EngineClosedError
 from .inference import KeyContext
+from .metrics import Metrics
+from .monitor import WatchStats
+from .persistence import RecoveryReport
 
 
 class SyncEngine:
@@ -125,5 +128,31 @@ class SyncEngine:
     def key_context(self, question: str | None = None, **kwargs: Any) -> KeyContext:
         return self._call(self._engine.key_context, question, **kwargs)
 
+    def checkpoint(self) -> None:
+        """Write a snapshot to the state directory now (see :meth:`Engine.checkpoint`)."""
+        self._call(self._engine.checkpoint)
+
+    def rescan(self, question: str | None = None) -> int:
+        """Score the whole kept stream against ``question`` (see :meth:`Engine.rescan`)."""
+        return self._call(self._engine.rescan, question)
+
+    @property
+    def recovery(self) -> RecoveryReport | None:
+        """What starting on the state directory restored (see :attr:`Engine.recovery`)."""
+        return self._engine.recovery
+
     def stats(self) -> EngineStats:
         return self._call(self._engine.stats)
+
+    def metrics(self) -> Metrics:
+        return self._call(self._engine.metrics)
+
+    def watch(self, question: str, **kwargs: Any) -> int:
+        """Register a standing question (see :meth:`Engine.watch`); returns its id."""
+        return self._call(self._engine.watch, question, **kwargs)
+
+    def unwatch(self, watch_id: int) -> None:
+        self._call(self._engine.unwatch, watch_id)
+
+    def watches(self) -> list[WatchStats]:
+        return self._call(self._engine.watches)

@@ -58,9 +58,10 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from typing import Literal
 
+import msgspec
 from tokenizers import Encoding, Tokenizer
 
-__all__ = ["MIN_PENDING_CHARS", "IncrementalTokenizer", "backend_tokenizer"]
+__all__ = ["CONTEXT_CHARS", "MIN_PENDING_CHARS", "IncrementalTokenizer", "TokenizerState", "backend_tokenizer"]
 
 _MARGIN = 32
 """Characters that must follow a candidate cut before it is trusted (and verification context)."""
@@ -68,8 +69,28 @@ _MARGIN = 32
 MIN_PENDING_CHARS = 4 * _MARGIN
 """Smallest allowed ``max_pending_chars``."""
 
+CONTEXT_CHARS = _MARGIN
+"""Characters before the consumed offset that a :class:`TokenizerState` must carry (cut verification)."""
+
 _PROBE = "ab cd\nef gh. ij"
 """Text used once at construction to see whether the pre-tokenizer splits text into pieces."""
+
+
+class TokenizerState(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Where an :class:`IncrementalTokenizer` stands: enough to resume it exactly.
+
+    Made by :meth:`IncrementalTokenizer.state`, applied by :meth:`IncrementalTokenizer.restore`
+    (the engine persists it in its snapshots). Offsets are absolute stream characters.
+    """
+
+    consumed: int
+    """Characters already turned into ids (``chars_consumed``)."""
+    doc_start: int
+    """Where the current document began (the last ``flush``)."""
+    context: str
+    """Text just before ``consumed`` in the current document (its last ``CONTEXT_CHARS`` are used)."""
+    pending: str
+    """Text received but not yet emitted as ids."""
 
 
 def backend_tokenizer(tokenizer: object) -> Tokenizer:
@@ -181,6 +202,30 @@ class IncrementalTokenizer:
         """
         text = self.pending_text
         return self._encode(text).ids if text else []
+
+    def state(self) -> TokenizerState:
+        """The tokenizer's position and pending text, to resume it later with :meth:`restore`."""
+        return TokenizerState(
+            consumed=self._base, doc_start=self._doc_start, context=self._ctx, pending=self.pending_text
+        )
+
+    def restore(self, state: TokenizerState) -> None:
+        """Continue from ``state`` (discarding what this tokenizer held): ids emitted from here on
+        are those the tokenizer that made ``state`` would have emitted. Raises ValueError for an
+        inconsistent state."""
+        consumed, doc_start = state.consumed, state.doc_start
+        if not isinstance(consumed, int) or not isinstance(doc_start, int) or not 0 <= doc_start <= consumed:
+            raise ValueError(f"tokenizer state: need 0 <= doc_start <= consumed, got {doc_start}, {consumed}")
+        if len(state.context) > consumed - doc_start:
+            raise ValueError("tokenizer state: context is longer than the current document")
+        pending = state.pending
+        self._parts = [pending] if pending else []
+        self._pending_len = len(pending)
+        self._base = consumed
+        self._doc_start = doc_start
+        self._ctx = state.context[-_MARGIN:] if state.context else ""
+        self._failed = set()
+        self._next_len = _MARGIN + 1
 
     # -- streaming API ------------------------------------------------------------------
 

@@ -1,0 +1,532 @@
+"""The state directory: log format, recovery, torn and corrupt data, locking, validation, engine restarts.
+
+Format-level tests use ``StateDir`` directly (no model); engine-level tests use the tiny model.
+A "crash image" is a copy of the state directory taken while an engine runs: exactly what a
+killed process leaves on disk (everything it wrote reached the OS before ``feed`` returned).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+
+import anyio
+import msgspec
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from xl3m_stream import Engine, EngineConfig, InputError, StateError
+from xl3m_stream import persistence as P
+from xl3m_stream.persistence import LOG_HEADER, Layout, StateDir, read_stream
+from xl3m_stream.sources import TextChunk
+
+LAYOUT = Layout(
+    segment_tokens=8,
+    segment_overlap=0,
+    segment_cut="tokens",
+    boundary_ids=None,
+    vocab_size=1000,
+    tokenizer_sha256="0" * 64,
+)
+
+TEXT = "".join(f"line {i}: The grass is green. The sky is blue.\n" for i in range(24))
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def config(model_dir, state_dir, **changes) -> EngineConfig:
+    base = dict(
+        model=str(model_dir),
+        devices=["cpu"],
+        segment_tokens=32,
+        batch_size=4,
+        batch_wait_ms=1,
+        store_segments=6,
+        context_tokens=160,
+        max_new_tokens=4,
+        question="What is the pass key?",
+        state_dir=str(state_dir),
+    )
+    base.update(changes)
+    return EngineConfig(**base)
+
+
+def open_dir(path: Path, layout: Layout = LAYOUT, fsync: P.Fsync = "interval") -> StateDir:
+    return StateDir.open(path, layout=layout, model="m", model_name="m", fsync=fsync)
+
+
+def write_records(path: Path, steps: list[tuple[list[int], str]]) -> list[int]:
+    """Append (ids, text) steps as a text feed would (all text consumed); return each record's end offset."""
+    state = open_dir(path)
+    state.recover()
+    list(state.replay())
+    ends = []
+    pos = chars = 0
+    for ids, text in steps:
+        chars += len(text)
+        token_ends = [chars] * len(ids)
+        state.append(pos, ids, token_ends, text=text, chars=chars, consumed=chars)
+        pos += len(ids)
+        ends.append(state.log_size)
+    state.close()
+    return ends
+
+
+def replay_all(path: Path) -> tuple[StateDir, list[tuple[list[int], str]]]:
+    state = open_dir(path)
+    state.recover()
+    got = [(ids, rec.text) for rec, ids, _ in state.replay()]
+    return state, got
+
+
+# ------------------------------------------------------------------------------- format (no model)
+
+
+@given(st.lists(st.integers(0, 65535), max_size=50), st.sampled_from([2, 4]))
+def test_ids_round_trip(ids: list[int], width: int) -> None:
+    assert P.decode_ids(P.encode_ids(ids, width), width) == ids
+
+
+steps_strategy = st.lists(
+    st.tuples(st.lists(st.integers(0, 999), max_size=12), st.text(max_size=20)).filter(lambda s: s[0] or s[1]),
+    min_size=1,
+    max_size=12,
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps=steps_strategy, cut=st.floats(0, 1), flip=st.booleans(), seed=st.integers(0, 2**16))
+def test_a_damaged_log_replays_a_prefix_and_goes_on(steps, cut: float, flip: bool, seed: int) -> None:
+    """Truncated or bit-flipped anywhere: recovery keeps exactly the records before the damage."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "state"
+        ends = write_records(folder, steps)
+        log = folder / P.LOG_NAME
+        data = bytearray(log.read_bytes())
+        at = len(LOG_HEADER) + int(cut * (len(data) - len(LOG_HEADER)))
+        if flip and at < len(data):
+            data[at] ^= 1 << random.Random(seed).randrange(8)
+        else:
+            del data[at:]
+        log.write_bytes(bytes(data))
+        intact = sum(1 for e in ends if e <= at)  # records wholly before the damage
+        state, got = replay_all(folder)
+        assert got[:intact] == [(ids, text) for ids, text in steps[:intact]]
+        # a flipped bit inside a record is caught by its checksum (or, in its header, by the framing)
+        assert len(got) == intact
+        report = state.report
+        kept = ends[intact - 1] if intact else len(LOG_HEADER)
+        assert report.dropped_bytes == len(data) - kept
+        if report.dropped_bytes:
+            assert (folder / report.dropped_saved_to).read_bytes() == bytes(data[kept:])
+        assert log.stat().st_size == kept
+        # the log goes on after the cut
+        pos = sum(len(ids) for ids, _ in got)
+        chars = sum(len(text) for _, text in got)
+        state.append(pos, [7], [chars + 1], text="x", chars=chars + 1, consumed=chars + 1)
+        state.close()
+        _, again = replay_all(folder)
+        assert again == got + [([7], "x")]
+
+
+def test_records_out_of_step_are_refused(tmp_path: Path) -> None:
+    """A record that does not continue the stream (edited or spliced log) ends the replay there."""
+    ends = write_records(tmp_path / "a", [([1, 2], "ab"), ([3], "c")])
+    write_records(tmp_path / "b", [([9, 9, 9], "zzz")])
+    first = (tmp_path / "a" / P.LOG_NAME).read_bytes()[: ends[0]]
+    foreign = (tmp_path / "b" / P.LOG_NAME).read_bytes()[len(LOG_HEADER) :]
+    (tmp_path / "a" / P.LOG_NAME).write_bytes(first + foreign)  # record 0 of another stream as record 1
+    state, got = replay_all(tmp_path / "a")
+    assert got == [([1, 2], "ab")]
+    assert "record number" in (state.report.dropped_reason or "")
+    state.close()
+
+
+def test_token_ids_outside_the_vocabulary_are_refused(tmp_path: Path) -> None:
+    write_records(tmp_path, [([1, 2], "ab"), ([999], "c")])
+    small = msgspec.structs.replace(LAYOUT, vocab_size=500)
+    (tmp_path / P.META_NAME).write_bytes(
+        msgspec.json.encode(msgspec.structs.replace(P.read_meta(tmp_path), layout=small))
+    )
+    state = open_dir(tmp_path, layout=small)
+    state.recover()
+    assert [ids for _, ids, _ in state.replay()] == [[1, 2]]
+    assert "vocabulary" in (state.report.dropped_reason or "")
+    state.close()
+
+
+def test_second_engine_on_a_directory_is_refused(tmp_path: Path) -> None:
+    first = open_dir(tmp_path)
+    with pytest.raises(StateError, match=f"in use by another engine \\(pid {os.getpid()}\\)"):
+        open_dir(tmp_path)
+    first.close()
+    open_dir(tmp_path).close()  # released on close
+
+
+def test_incompatible_layout_or_tokenizer_is_refused(tmp_path: Path) -> None:
+    open_dir(tmp_path).close()
+    with pytest.raises(StateError, match=r"segment_tokens=8.*segment_tokens=16"):
+        open_dir(tmp_path, layout=msgspec.structs.replace(LAYOUT, segment_tokens=16))
+    with pytest.raises(StateError, match="another tokenizer"):
+        open_dir(tmp_path, layout=msgspec.structs.replace(LAYOUT, tokenizer_sha256="1" * 64))
+    open_dir(tmp_path).close()  # a refused open leaves the directory usable
+
+
+def test_state_dir_paths_are_validated(tmp_path: Path) -> None:
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    with pytest.raises(StateError, match="not a directory"):
+        open_dir(a_file)
+    with pytest.raises(StateError, match="cannot be created"):
+        open_dir(a_file / "sub")
+    foreign = tmp_path / "home"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(StateError, match="not empty and holds no xl3m-stream state"):
+        open_dir(foreign)
+    assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]  # nothing written there
+    with pytest.raises(StateError, match="not a usable path"):
+        P.check_state_dir("bad\0path")
+    # a state directory reached through a symlink is fine (resolved) ...
+    real = tmp_path / "real"
+    open_dir(real).close()
+    (tmp_path / "link").symlink_to(real)
+    open_dir(tmp_path / "link").close()
+    # ... but a file inside it that is a symlink is never followed
+    target = tmp_path / "elsewhere.log"
+    target.write_bytes(LOG_HEADER)
+    (real / P.LOG_NAME).unlink()
+    (real / P.LOG_NAME).symlink_to(target)
+    with pytest.raises(StateError):
+        open_dir(real)
+    assert target.read_bytes() == LOG_HEADER
+
+
+def test_files_are_private(tmp_path: Path) -> None:
+    state = open_dir(tmp_path / "s")
+    state.close()
+    assert (tmp_path / "s").stat().st_mode & 0o077 == 0
+    for name in (P.META_NAME, P.LOG_NAME, P.LOCK_NAME):
+        assert (tmp_path / "s" / name).stat().st_mode & 0o077 == 0, name
+
+
+def test_unreadable_meta_or_log_header_is_a_state_error(tmp_path: Path) -> None:
+    open_dir(tmp_path).close()
+    (tmp_path / P.META_NAME).write_text("{not json")
+    with pytest.raises(StateError, match=r"meta\.json is unreadable"):
+        open_dir(tmp_path)
+    shutil.rmtree(tmp_path)
+    open_dir(tmp_path).close()
+    (tmp_path / P.LOG_NAME).write_bytes(b"PK\x03\x04 a zip file")
+    with pytest.raises(StateError, match="not an xl3m-stream log"):
+        open_dir(tmp_path)
+
+
+def test_no_pickle_and_safe_model_loading_in_the_package() -> None:
+    root = Path(P.__file__).parent
+    sources = {p: p.read_text(encoding="utf-8") for p in root.rglob("*.py")}
+    for path, text in sources.items():
+        for banned in ("import pickle", "from pickle", "cPickle", "import dill", "joblib", "torch.load(", "marshal."):
+            assert banned not in text, f"{banned!r} in {path}"
+    assert EngineConfig().trust_remote_code is False and EngineConfig().allow_download is False
+    assert "use_safetensors=True" in sources[root / "models.py"]
+
+
+# ------------------------------------------------------------------------------- engine restarts
+
+
+def stream_pieces(tokenizer) -> list:
+    """A stream mixing text chunks with metadata, bytes that split a character, and token ids."""
+    lines = [
+        TextChunk(text=f"line {i}: The sky is blue.\n", meta={"line": i, "service": f"s{i % 3}"}) for i in range(12)
+    ]
+    ids = tokenizer.encode(" The pass key is 12345.", add_special_tokens=False)
+    return [*lines[:6], b"caf\xc3", b"\xa9 ok\n", ids, *lines[6:], "tail without newline"]
+
+
+def held_segments(state_dir: Path) -> list[tuple]:
+    got = read_stream(state_dir)
+    return [(s.seq, s.start, s.end, s.tokens, s.meta) for s in got.segments]
+
+
+async def test_restart_goes_on_exactly_where_it_stopped(tiny_model_dir, tmp_path: Path, anyio_backend) -> None:
+    """Stopping mid-stream (a character split across feeds, text held by the tokenizer) and
+    resuming gives the same stream, segments and metadata as never stopping."""
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    async with Engine(config(tiny_model_dir, whole)) as engine:
+        pieces = stream_pieces(engine.tokenizer)
+        for piece in pieces:
+            await engine.feed(piece)
+        await engine.flush()
+        expected_tokens = engine.stream_tokens
+    cut = 7  # after b"caf\xc3": the decoder holds half a character, the tokenizer some text
+    async with Engine(config(tiny_model_dir, split)) as engine:
+        for piece in pieces[:cut]:
+            await engine.feed(piece)
+        assert engine.recovery is not None and engine.recovery.created
+    async with Engine(config(tiny_model_dir, split)) as engine:
+        report = engine.recovery
+        assert report is not None and not report.created and report.snapshot is not None
+        for piece in pieces[cut:]:
+            await engine.feed(piece)
+        await engine.flush()
+        assert engine.stream_tokens == expected_tokens
+        answer = await engine.ask("What is the pass key?")
+        assert answer.segments
+    assert held_segments(split) == held_segments(whole)
+    text = read_stream(split)
+    assert engine.tokenizer.decode(text.ids).startswith("line 0: The sky is blue.\n")
+    assert "café ok\n" in engine.tokenizer.decode(text.ids)
+
+
+async def test_a_crash_image_holds_everything_acknowledged(tiny_model_dir, tmp_path: Path, anyio_backend) -> None:
+    """The directory as a killed process leaves it (no final snapshot) restores every feed that returned."""
+    live, image = tmp_path / "live", tmp_path / "image"
+    cfg = config(tiny_model_dir, live, snapshot_every_segments=10_000, snapshot_every_s=3600)
+    async with Engine(cfg) as engine:
+        for i in range(0, 900, 50):
+            await engine.feed(TEXT[i : i + 50])
+        await engine.checkpoint()
+        await engine.feed(TEXT[900:1000])  # after the snapshot: only in the log
+        shutil.copytree(live, image)  # the crash
+        acknowledged = engine.stream_tokens
+    async with Engine(config(tiny_model_dir, image)) as engine:
+        report = engine.recovery
+        assert report is not None and report.snapshot is not None and report.replayed_records >= 1
+        assert engine.stream_tokens == acknowledged and report.chars == 1000
+        await engine.feed(TEXT[1000:])
+        await engine.flush()
+        assert engine.stats().pending_segments == 0
+        assert (await engine.ask("What is the pass key?")).segments
+    got = read_stream(image)
+    assert engine.tokenizer.decode(got.ids) + got.pending_text == TEXT
+
+
+async def test_torn_tail_is_cut_reported_and_kept_aside(tiny_model_dir, tmp_path: Path, anyio_backend, capsys) -> None:
+    state = tmp_path / "state"
+    async with Engine(config(tiny_model_dir, state)) as engine:
+        await engine.feed(TEXT[:600])
+        await engine.flush()
+        tokens = engine.stream_tokens
+    log = state / P.LOG_NAME
+    good = log.read_bytes()
+    torn = P.frame(P.RECORD_MAGIC, b"\x99" * 40)[:30]  # a record whose write was cut short
+    log.write_bytes(good + torn)
+    async with Engine(config(tiny_model_dir, state)) as engine:
+        report = engine.recovery
+        assert report is not None and report.dropped_bytes == len(torn) and report.dropped_at == len(good)
+        assert (state / report.dropped_saved_to).read_bytes() == torn
+        assert engine.stream_tokens == tokens  # everything before it kept
+        await engine.feed(" more")
+    assert log.read_bytes().startswith(good)
+    # the CLI says so in one line and goes on
+    log.write_bytes(log.read_bytes() + b"XL3R\xff\xff")
+    from xl3m_stream.cli import main
+
+    argv = ["ask", "--state-dir", str(state), "-q", "What is the pass key?", "--model", str(tiny_model_dir)]
+    rc = await anyio.to_thread.run_sync(main, argv)  # (the CLI runs its own event loop)
+    err = capsys.readouterr().err
+    assert rc == 0 and "Traceback" not in err
+    notes = [line for line in err.splitlines() if "torn or corrupt log tail" in line]
+    assert len(notes) == 1 and notes[0].startswith("xl3m-stream: note: ")
+
+
+async def test_a_corrupt_snapshot_falls_back_to_an_older_one_or_the_log(
+    tiny_model_dir, tmp_path: Path, anyio_backend
+) -> None:
+    state = tmp_path / "state"
+    async with Engine(config(tiny_model_dir, state)) as engine:
+        await engine.feed(TEXT[:500])
+        await engine.checkpoint()
+        await engine.feed(TEXT[500:900])
+        tokens = engine.stream_tokens
+    snaps = sorted(state.glob("snapshot-*.bin"))
+    assert len(snaps) == 2
+    data = bytearray(snaps[-1].read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    snaps[-1].write_bytes(bytes(data))
+    async with Engine(config(tiny_model_dir, state)) as engine:
+        report = engine.recovery
+        assert report is not None and report.snapshot == snaps[0].name
+        assert report.skipped_snapshots and "checksum" in report.skipped_snapshots[0]
+        assert engine.stream_tokens == tokens
+    for snap in state.glob("snapshot-*.bin"):
+        snap.write_bytes(b"garbage")
+    async with Engine(config(tiny_model_dir, state)) as engine:  # no snapshot: the whole log is replayed
+        report = engine.recovery
+        assert report is not None and report.snapshot is None and len(report.skipped_snapshots) == 2
+        assert engine.stream_tokens == tokens and report.requeued_segments == engine.stats().segments_cut
+        await engine.flush()
+        assert len(engine.store) > 0
+
+
+async def test_unscored_segments_are_scored_after_a_restart(tiny_model_dir, tmp_path: Path, anyio_backend) -> None:
+    state = tmp_path / "state"
+    cfg = config(tiny_model_dir, state, batch_size=1, max_pending_segments=1000)
+    release = threading.Event()
+    async with Engine(cfg) as engine:
+        replica = engine.replicas[0]
+        real = replica.scorer.score_many
+
+        def stalled(*args, **kwargs):
+            release.wait(timeout=30)
+            return real(*args, **kwargs)
+
+        replica.scorer.score_many = stalled
+        await engine.feed(TEXT[:800])
+        cut = engine.stats().segments_cut
+        assert cut > 3 and engine.stats().segments_scored == 0
+        release.set()  # (the engine closes before the stalled batch reports back)
+    async with Engine(cfg) as engine:
+        report = engine.recovery
+        # (the batch being scored at the close may have made it into the final snapshot)
+        assert report is not None and cut - 1 <= report.requeued_segments <= cut and report.replayed_records == 0
+        await engine.drain()
+        assert engine.stats().segments_scored >= cut and len(engine.store) == 6
+
+
+async def test_fsync_policies(tiny_model_dir, tmp_path: Path, anyio_backend, monkeypatch) -> None:
+    calls = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(P.os, "fsync", lambda fd: calls.append(fd) or real_fsync(fd))
+    for policy in ("always", "never"):
+        async with Engine(config(tiny_model_dir, tmp_path / policy, fsync=policy)) as engine:
+            state = engine._state
+            assert state is not None
+            for i in range(0, 300, 30):
+                before = len(calls)
+                await engine.feed(TEXT[i : i + 30])
+                if policy == "always":  # on disk before feed returned
+                    assert state._synced == state.log_size and len(calls) > before
+            if policy == "never":
+                assert state._synced < state.log_size
+                await engine.checkpoint()  # a snapshot never covers log bytes that could be lost
+                assert state._synced == state.log_size
+
+
+async def test_a_failing_disk_stops_intake_and_loses_nothing(
+    tiny_model_dir, tmp_path: Path, anyio_backend, monkeypatch
+) -> None:
+    state = tmp_path / "state"
+    async with Engine(config(tiny_model_dir, state)) as engine:
+        await engine.feed(TEXT[:400])
+        acknowledged = read_stream(state)
+        real_write = P._write_all
+
+        def full(fd, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(P, "_write_all", full)
+        with pytest.raises(StateError, match="No space left on device"):
+            await engine.feed(TEXT[400:800])
+        with pytest.raises(StateError, match="no more input is taken"):
+            await engine.feed("more")
+        assert (await engine.ask("What is the pass key?")).segments  # what it holds still answers
+        monkeypatch.setattr(P, "_write_all", real_write)
+    got = read_stream(state)
+    assert got.ids == acknowledged.ids and got.chars == acknowledged.chars == 400
+    async with Engine(config(tiny_model_dir, state)) as engine:
+        assert engine.recovery is not None and engine.recovery.chars == 400
+        await engine.feed(TEXT[400:])  # the disk has room again: the stream goes on
+        await engine.flush()
+    got = read_stream(state)
+    assert engine.tokenizer.decode(got.ids) == TEXT
+
+
+async def test_question_keys_and_model_changes_survive_restarts(tiny_model_dir, tmp_path: Path, anyio_backend) -> None:
+    state = tmp_path / "state"
+    async with Engine(config(tiny_model_dir, state)) as engine:
+        await engine.process([TEXT[:900]])
+    async with Engine(config(tiny_model_dir, state)) as engine:
+        answer = await engine.ask("What is the pass key?")
+        assert answer.rescored == 0  # scored against this question before the restart: kept
+        assert (await engine.ask("Which line is blue?")).rescored == len(engine.store)
+    other = tmp_path / "other-model"
+    shutil.copytree(tiny_model_dir, other)  # same tokenizer, another model: scores are stale
+    async with Engine(config(other, state)) as engine:
+        assert engine.recovery is not None and engine.recovery.model_changed
+        assert "another model" in " ".join(engine.recovery.notes())
+        assert (await engine.ask("What is the pass key?")).rescored == len(engine.store)
+
+
+async def test_refusals_leave_the_state_as_it_was(tiny_model_dir, tmp_path: Path, anyio_backend) -> None:
+    state = tmp_path / "state"
+    async with Engine(config(tiny_model_dir, state)) as engine:
+        await engine.feed(TEXT[:300])
+        with pytest.raises(StateError, match="in use"):
+            async with Engine(config(tiny_model_dir, state)):
+                pass
+        with pytest.raises(InputError, match="JSON-compatible"):
+            await engine.feed(TextChunk(text="x", meta={"obj": object()}))
+    before = read_stream(state)
+    with pytest.raises(StateError, match="segment_tokens"):
+        async with Engine(config(tiny_model_dir, state, segment_tokens=64)):
+            pass
+    assert read_stream(state).ids == before.ids
+    async with Engine(config(tiny_model_dir, state)) as engine:
+        assert engine.recovery is not None and engine.recovery.chars == 300
+    no_state = config(tiny_model_dir, state).replace(state_dir=None)
+    async with Engine(no_state) as engine:
+        with pytest.raises(StateError, match="needs a state_dir"):
+            await engine.checkpoint()
+
+
+async def test_rescan_scores_the_whole_kept_stream(tiny_model_dir, tmp_path: Path, anyio_backend) -> None:
+    """Segments evicted on arrival are still in the log: a re-scan scores every one against the question."""
+    state = tmp_path / "state"
+    async with Engine(config(tiny_model_dir, state, question=None, store_segments=3)) as engine:
+        await engine.process([TEXT, "The pass key is 12345.\n"])
+        kept = read_stream(state).segments
+        assert len(kept) > 3 and len(engine.store) == 3
+        scanned = await engine.rescan("What is the pass key?")
+        assert scanned == len(kept)
+        assert len(engine.store) == 3 and len({e.question_id for e in engine.store}) == 1
+        assert {e.segment.seq for e in engine.store} <= {s.seq for s in kept}
+        assert (await engine.ask("What is the pass key?")).rescored == 0  # already scored against it
+    async with Engine(config(tiny_model_dir, state).replace(state_dir=None)) as engine:
+        with pytest.raises(StateError, match="needs a state_dir"):
+            await engine.rescan("What?")
+
+
+def test_sync_engine_with_a_state_dir(tiny_model_dir, tmp_path: Path) -> None:
+    from xl3m_stream import SyncEngine
+
+    state = tmp_path / "state"
+    with SyncEngine(config(tiny_model_dir, state)) as engine:
+        engine.process([TEXT[:400]])
+        engine.checkpoint()
+        assert engine.recovery is not None and engine.recovery.created
+    with SyncEngine(config(tiny_model_dir, state)) as engine:
+        assert engine.recovery is not None and engine.recovery.chars == 400
+        assert engine.rescan() == len(read_stream(state).segments)
+
+
+async def test_segments_whose_scoring_failed_are_scored_after_a_restart(
+    tiny_model_dir, tmp_path: Path, anyio_backend
+) -> None:
+    """A device fault on every replica: the segments are reported, kept aside, and not lost."""
+    state = tmp_path / "state"
+    async with Engine(config(tiny_model_dir, state)) as engine:
+        replica = engine.replicas[0]
+
+        def broken(*args, **kwargs):
+            raise RuntimeError("CUDA error: device lost (simulated)")
+
+        replica.scorer.score_many = broken
+        await engine.process([TEXT[:600]])
+        failed = {s.seq for s in engine.failed_segments}
+        assert failed and engine.stats().segments_failed == len(failed) and len(engine.store) == 0
+    async with Engine(config(tiny_model_dir, state)) as engine:
+        assert engine.recovery is not None and engine.recovery.requeued_segments == len(failed)
+        await engine.drain()
+        assert engine.failed_segments == [] and {e.segment.seq for e in engine.store} <= failed
+        assert len(engine.store) == min(6, len(failed))
