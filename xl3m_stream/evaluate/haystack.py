@@ -1541,3 +1541,104 @@ def incident_message(incident: Incident, service: str, rng: random.Random) -> st
     """The message part of an incident line for ``service`` (details drawn from ``rng``)."""
     fields = _FIELD_RE.findall(incident.line)
     return incident.line.format(**_log_fields(fields, service, rng))
+
+
+# --------------------------------------------------------------------------------------
+# Service log with injected incidents (the monitoring benchmark)
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InjectedIncident:
+    """One occurrence of an incident in a generated log: the lines (1-based) it wrote.
+
+    ``watched`` incidents are the ones a monitor is asked about (``incident.question``); the
+    others are distractors: anomalies nobody asked about.
+    """
+
+    incident: Incident
+    service: str
+    lines: tuple[int, ...]
+    watched: bool
+
+
+@dataclass(frozen=True)
+class IncidentLog:
+    """A routine service log with incidents injected at known lines."""
+
+    lines: list[str]
+    incidents: list[InjectedIncident]
+
+    @property
+    def text(self) -> str:
+        return "".join(self.lines)
+
+    @property
+    def questions(self) -> list[str]:
+        """The watched incidents' questions, each once, in order of first occurrence."""
+        return list(dict.fromkeys(i.incident.question for i in self.incidents if i.watched))
+
+
+def incident_log(
+    rng: random.Random,
+    n_lines: int,
+    *,
+    watched: int = 6,
+    repeats: int = 2,
+    distractors: int = 3,
+    burst: tuple[int, int] = (1, 3),
+    spacing: int = 6,
+    start: float = 0.1,
+    min_gap: int = 40,
+) -> IncidentLog:
+    """``n_lines`` routine lines (:func:`log_units`) with incidents injected between them.
+
+    ``watched`` incident kinds (distinct, drawn from :data:`INCIDENTS`) occur ``repeats``
+    times each and ``distractors`` other kinds once each. An occurrence is a burst of
+    ``burst[0]..burst[1]`` lines of one service, each 1..``spacing`` routine lines after the
+    previous one, starting after the first ``start`` fraction of the log; bursts start at
+    least ``min_gap`` routine lines apart. An injected line's timestamp is 1 ms after the line
+    before it, so timestamps keep rising. Deterministic for a given ``rng`` state.
+    """
+    if watched + distractors > len(INCIDENTS):
+        raise ValueError(f"only {len(INCIDENTS)} incident kinds exist, asked for {watched + distractors}")
+    if not 1 <= burst[0] <= burst[1] or spacing < 1 or not 0.0 <= start < 1.0 or repeats < 1:
+        raise ValueError("need 1 <= burst[0] <= burst[1], spacing >= 1, 0 <= start < 1 and repeats >= 1")
+    units = log_units(random.Random(rng.getrandbits(64)))
+    routine = [next(units) for _ in range(n_lines)]
+    kinds = rng.sample(INCIDENTS, watched + distractors)
+    plan = [(kind, True) for kind in kinds[:watched] for _ in range(repeats)]
+    plan += [(kind, False) for kind in kinds[watched:]]
+    rng.shuffle(plan)
+    lo = int(start * n_lines)
+    hi = n_lines - 1 - spacing * (burst[1] - 1)
+    gap = max(min_gap, spacing * burst[1] + 1)
+    if hi - lo < gap * len(plan):
+        raise ValueError(f"{n_lines} lines are too few for {len(plan)} incidents {gap} lines apart")
+    # anchors at least `gap` apart: spread len(plan) gaps, then distribute the slack at random
+    slack = hi - lo - gap * (len(plan) - 1)
+    cuts = sorted(rng.randint(0, slack) for _ in plan)
+    anchors = [lo + c + gap * i for i, c in enumerate(cuts)]
+    after: dict[int, tuple[int, str, str, str]] = {}  # routine index -> (plan index, level, service, message)
+    services: list[str] = []
+    for k, ((kind, _), anchor) in enumerate(zip(plan, anchors)):
+        service = rng.choice(SERVICES)
+        services.append(service)
+        pos = anchor
+        for _ in range(rng.randint(*burst)):
+            after[pos] = (k, kind.level, service, incident_message(kind, service, rng))
+            pos += rng.randint(1, spacing)
+    out: list[str] = []
+    written: list[list[int]] = [[] for _ in plan]
+    for i, line in enumerate(routine):
+        out.append(line)
+        if i in after:
+            k, level, service, message = after[i]
+            out.append(format_log_line(parse_log_time(line) + 1, level, service, message) + "\n")
+            written[k].append(len(out))
+    incidents = [
+        InjectedIncident(incident=kind, service=service, lines=tuple(lines), watched=is_watched)
+        for (kind, is_watched), service, lines in zip(plan, services, written)
+    ]
+    incidents.sort(key=lambda inc: inc.lines[0])
+    return IncidentLog(lines=out, incidents=incidents)
