@@ -1,0 +1,99 @@
+"""Run a planned grid of evaluations (tasks x lengths x methods) and write one report.
+
+    python benchmarks/eval_grid.py --plan cpu --out reports/cpu
+    python benchmarks/eval_grid.py --plan gpu --device cuda:0 --out $OUT/gpu
+
+Each plan is a list of `xl3m-stream eval` runs (see PLANS). Per-sample results are appended
+to OUT/samples.jsonl as they finish, so an interrupted run keeps what it measured; at the end
+OUT gets results.json, results.md and the heatmaps (xl3m_stream.evaluate.report).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Any
+
+import anyio
+import msgspec
+
+from xl3m_stream import EngineConfig
+from xl3m_stream.evaluate.report import write_report
+from xl3m_stream.evaluate.runner import EvalConfig, Report, SampleResult, aggregate, machine_description, run_eval
+
+ALL = ["xl3m", "xl3m-entropy", "xl3m-nll", "xl3m-gain", "xl3m-tgain", "hybrid", "truncate", "sink", "bm25", "full"]
+DEPTHS = [0.0, 0.25, 0.5, 0.75, 1.0]
+K = 1024
+
+PLANS: dict[str, list[dict[str, Any]]] = {
+    # one H100: the default model from inside its window to 128x it (1M tokens)
+    "gpu": [
+        dict(tasks=["passkey", "needle"], lengths=[4000, 32 * K, 64 * K, 256 * K], samples=5, depths=DEPTHS),
+        dict(tasks=["multikey", "multivalue", "vartrack", "logs"], lengths=[4000, 64 * K, 256 * K], samples=3),
+        dict(tasks=["passkey", "needle"], lengths=[1024 * K], samples=2, depths=[0.3, 0.7]),
+        dict(tasks=["multikey", "logs"], lengths=[1024 * K], samples=1),
+    ],
+    # 2 CPU cores: the embedding baseline and a confirmation of the GPU figures at 8x and 32x
+    "cpu": [
+        dict(
+            tasks=["passkey", "needle", "logs"],
+            lengths=[64 * K],
+            samples=3,
+            depths=[0.1, 0.5, 0.9],
+            methods=ALL + ["embed"],
+        ),
+        dict(tasks=["passkey", "needle"], lengths=[256 * K], samples=2, depths=[0.2, 0.8]),
+    ],
+    "smoke": [dict(tasks=["passkey", "needle"], lengths=[2000], samples=1, methods=["xl3m", "bm25", "truncate"])],
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--plan", choices=sorted(PLANS), required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--model", default="default")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--time-limit", type=float, default=None, help="stop starting new runs after this many seconds")
+    args = p.parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    engine = EngineConfig(model=args.model, devices=[args.device], dtype=args.dtype, batch_size=args.batch_size)
+    started = time.perf_counter()
+    samples: list[SampleResult] = []
+    log_path = os.path.join(args.out, "samples.jsonl")
+    model, window = "", 0
+    for i, run in enumerate(PLANS[args.plan]):
+        if args.time_limit and time.perf_counter() - started > args.time_limit:
+            print(f"grid: time limit reached; skipped runs {i}..", file=sys.stderr)
+            break
+        spec = dict(run)
+        cfg = EvalConfig(engine=engine, methods=spec.pop("methods", ALL), **spec)
+        print(f"grid: run {i + 1}/{len(PLANS[args.plan])}: {cfg.tasks} x {cfg.lengths}", file=sys.stderr, flush=True)
+        report = anyio.run(
+            lambda cfg=cfg: run_eval(cfg, progress=lambda m: print(f"  {m}", file=sys.stderr, flush=True))
+        )
+        model, window = report.model, report.window
+        with open(log_path, "ab") as log:
+            for s in report.samples:
+                log.write(msgspec.json.encode(s) + b"\n")
+        samples.extend(report.samples)
+    full = Report(
+        model=model,
+        window=window,
+        machine=machine_description(),
+        config={"plan": args.plan, "runs": PLANS[args.plan], "engine": msgspec.to_builtins(engine)},
+        results=aggregate(samples),
+        samples=samples,
+        seconds=time.perf_counter() - started,
+    )
+    for path in write_report(full, args.out):
+        print(f"grid: wrote {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""Ingest throughput through the whole engine against the raw model forward on the same tokens.
+
+    python benchmarks/ingest.py [--tokens N] [--model M] [--json]
+    python benchmarks/ingest.py --device cuda:0 --shape llama2-7b --dtype bfloat16 \\
+        --batch-size 60 --segment-tokens 512 --compile --tokens 2000000 --json   # GPU
+
+The raw forward gets the same batches the engine scores (same model object, dtype, batch
+shape, question, ``logits_to_keep``), timed forward pass by forward pass, without the
+engine: no tokenisation, segmentation, queueing, threads or certainty maths. The ratio of
+the two, measured in one run and alternated ``--repeat`` times (medians), is the figure.
+The last stdout line (``--json``) holds ``engine_tok_s``, ``raw_tok_s`` and ``ratio``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from common import emit, median, now, random_model, stream_text, sync
+
+QUESTION = "Which town did the carpenter visit before the storm?"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tokens", type=int, default=20_000, help="stream tokens per timed run (default 20000)")
+    p.add_argument("--model", default="default", help="model to load (ignored with --shape)")
+    p.add_argument("--shape", help="random weights of this shape instead: llama2-7b, qwen2.5-0.5b, smollm2-135m")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--segment-tokens", type=int, default=256)
+    p.add_argument("--compile", action="store_true", help="torch.compile the scorer (static shapes)")
+    p.add_argument("--device-concurrency", type=int, default=1, help="batches in flight per device")
+    p.add_argument("--repeat", type=int, default=2, help="alternate raw and engine runs this often (medians)")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    import anyio
+
+    result = anyio.run(run, args)
+    emit(result, args.json)
+    return 0
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from xl3m_stream import Engine, EngineConfig, models
+    from xl3m_stream.evaluate.runner import cut_segments
+    from xl3m_stream.scoring import build_batch
+
+    config = EngineConfig(
+        model=args.model,
+        devices=[args.device],
+        dtype=args.dtype,
+        batch_size=args.batch_size,
+        segment_tokens=args.segment_tokens,
+        max_pending_segments=max(64, 4 * args.batch_size),
+        compile="always" if args.compile else "never",
+        device_concurrency=args.device_concurrency,
+        question=QUESTION,
+    )
+    model = tokenizer = None
+    if args.shape:
+        tokenizer = models.load_tokenizer(models.resolve(args.model))
+        dtype = models.pick_dtype(torch.device(args.device), args.dtype)
+        model = random_model(args.shape, len(tokenizer), args.device, dtype)
+    started = now()
+    async with Engine(config, model=model, tokenizer=tokenizer) as engine:
+        load_s = now() - started
+        replica = engine.replicas[0]
+        scorer, device = replica.scorer, replica.device
+        text = stream_text(engine.tokenizer, args.tokens, seed=1)
+        warm = stream_text(engine.tokenizer, args.batch_size * args.segment_tokens * 2, seed=2)
+
+        # the raw forward's input: exactly the batches the engine will score
+        segments = cut_segments(engine.tokenizer, text, engine.config)
+        q_ids = scorer.encode_question(QUESTION)
+        full = [s for s in segments if s.n_tokens == args.segment_tokens]
+        pad_to = None
+        if scorer.pad_to_segment is not None:
+            pad_to = len(scorer.prefix) + args.segment_tokens + len(scorer.sep) + len(q_ids) - 1
+        batches = [
+            build_batch(
+                [s.tokens for s in full[i : i + args.batch_size]],
+                q_ids,
+                prefix=scorer.prefix,
+                sep=scorer.sep,
+                pad_id=scorer.pad_id,
+                pad_to=pad_to,
+            )
+            for i in range(0, len(full), args.batch_size)
+        ]
+        raw_tokens = sum(s.n_tokens for s in full)
+
+        def raw_pass() -> float:
+            with torch.inference_mode():
+                sync(device)
+                t0 = now()
+                for b in batches:
+                    out = scorer.forward(
+                        input_ids=b.input_ids.to(device),
+                        attention_mask=b.attention_mask.to(device),
+                        position_ids=b.position_ids.to(device),
+                        logits_to_keep=b.n_keep,
+                        use_cache=False,
+                    )
+                    del out
+                sync(device)
+                return now() - t0
+
+        # warm up both paths (compilation, allocator, caches) before timing
+        await engine.feed(warm)
+        await engine.flush()
+        await anyio_to_thread(raw_pass_one, scorer, batches[:1], device)
+
+        raw_runs, engine_runs = [], []
+        for _ in range(args.repeat):
+            raw_runs.append(raw_tokens / await anyio_to_thread(raw_pass))
+            before = engine.stream_tokens
+            t0 = now()
+            step = 1 << 15
+            for i in range(0, len(text), step):
+                await engine.feed(text[i : i + step])
+            await engine.flush()
+            engine_runs.append((engine.stream_tokens - before) / (now() - t0))
+        stats = engine.stats()
+        result = {
+            "engine_tok_s": round(median(engine_runs), 1),
+            "raw_tok_s": round(median(raw_runs), 1),
+            "ratio": round(median(engine_runs) / median(raw_runs), 4),
+            "engine_runs": [round(x, 1) for x in engine_runs],
+            "raw_runs": [round(x, 1) for x in raw_runs],
+            "tokens": args.tokens,
+            "model": args.shape or engine.model_name,
+            "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
+            "dtype": str(replica.scoring_model.dtype).replace("torch.", ""),
+            "batch_size": args.batch_size,
+            "segment_tokens": args.segment_tokens,
+            "question_tokens": len(q_ids),
+            "compile": args.compile,
+            "device_concurrency": args.device_concurrency,
+            "load_s": round(load_s, 2),
+            "segments_scored": stats.segments_scored,
+            "threads": torch.get_num_threads(),
+        }
+    return result
+
+
+def raw_pass_one(scorer: Any, batches: list[Any], device: Any) -> None:
+    import torch
+
+    with torch.inference_mode():
+        for b in batches:
+            scorer.forward(
+                input_ids=b.input_ids.to(device),
+                attention_mask=b.attention_mask.to(device),
+                position_ids=b.position_ids.to(device),
+                logits_to_keep=b.n_keep,
+                use_cache=False,
+            )
+        sync(device)
+
+
+async def anyio_to_thread(fn: Any, *args: Any) -> Any:
+    import anyio
+
+    return await anyio.to_thread.run_sync(fn, *args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

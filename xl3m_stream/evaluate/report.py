@@ -1,0 +1,129 @@
+"""Write an evaluation report: JSON, a Markdown table and PNG heatmaps."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import msgspec
+
+from .runner import Report, ResultRow, SampleResult
+
+
+def markdown_table(rows: Sequence[ResultRow], window: int | None = None) -> str:
+    """One line per task x length x method: accuracy, selection recall, evidence rank, time."""
+    head = (
+        "| task | length | x window | method | accuracy | selection recall | median evidence rank | samples | seconds |"
+    )
+    lines = [head, "|---|---:|---:|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        ratio = f"{r.length / window:.1f}" if window else ""
+        recall = "" if r.selection_recall is None else f"{r.selection_recall:.2f}"
+        rank = "" if r.median_evidence_rank is None else f"{r.median_evidence_rank:g}"
+        lines.append(
+            f"| {r.task} | {r.length:,} | {ratio} | {r.method} | {r.accuracy:.2f} | {recall} | {rank} | "
+            f"{r.samples} | {r.seconds:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def losses(rows: Sequence[ResultRow], method: str = "xl3m") -> list[str]:
+    """Every task x length where ``method`` is beaten by another method (accuracy or recall)."""
+    out = []
+    by_key: dict[tuple[str, int], dict[str, ResultRow]] = {}
+    for r in rows:
+        by_key.setdefault((r.task, r.length), {})[r.method] = r
+    for (task, length), group in sorted(by_key.items()):
+        mine = group.get(method)
+        if mine is None:
+            continue
+        for other, r in group.items():
+            if other == method:
+                continue
+            worse_acc = r.accuracy > mine.accuracy
+            worse_rec = (r.selection_recall or 0) > (mine.selection_recall or 0)
+            if worse_acc or worse_rec:
+                out.append(
+                    f"{task} @ {length:,}: {other} {r.accuracy:.2f} acc / {r.selection_recall or 0:.2f} recall "
+                    f"vs {method} {mine.accuracy:.2f} / {mine.selection_recall or 0:.2f}"
+                )
+    return out
+
+
+def heatmaps(samples: Sequence[SampleResult], path: Path, *, value: str = "accuracy") -> list[Path]:
+    """One PNG per task: ``value`` by depth (rows) x length (columns), methods side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    tasks = sorted({s.task for s in samples})
+    for task in tasks:
+        rows = [s for s in samples if s.task == task]
+        methods = list(dict.fromkeys(s.method for s in rows))
+        lengths = sorted({s.length for s in rows})
+        depths = sorted({_bucket(s.depth) for s in rows})
+        fig, axes = plt.subplots(
+            1, len(methods), figsize=(2.2 + 1.6 * len(lengths) * len(methods), 1.2 + 0.35 * len(depths)), squeeze=False
+        )
+        for ax, method in zip(axes[0], methods, strict=True):
+            grid = [[math.nan] * len(lengths) for _ in depths]
+            for i, d in enumerate(depths):
+                for j, n in enumerate(lengths):
+                    cell = [
+                        getattr(s, value)
+                        for s in rows
+                        if s.method == method and s.length == n and _bucket(s.depth) == d
+                    ]
+                    cell = [c for c in cell if c is not None]
+                    if cell:
+                        grid[i][j] = sum(cell) / len(cell)
+            ax.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
+            ax.set_title(method, fontsize=9)
+            ax.set_xticks(range(len(lengths)), [_short(n) for n in lengths], fontsize=7)
+            ax.set_yticks(range(len(depths)), [f"{d:.0%}" for d in depths], fontsize=7)
+            ax.set_xlabel("tokens", fontsize=8)
+            for i in range(len(depths)):
+                for j in range(len(lengths)):
+                    if not math.isnan(grid[i][j]):
+                        ax.text(j, i, f"{grid[i][j]:.1f}", ha="center", va="center", fontsize=6)
+        axes[0][0].set_ylabel("depth", fontsize=8)
+        fig.suptitle(f"{task}: {value.replace('_', ' ')} by depth x length", fontsize=10)
+        fig.tight_layout()
+        out = path / f"heatmap_{task}_{value}.png"
+        fig.savefig(out, dpi=120)
+        plt.close(fig)
+        written.append(out)
+    return written
+
+
+def write_report(report: Report, directory: str | Path) -> list[Path]:
+    """Write ``results.json``, ``results.md`` and heatmaps into ``directory``; return the paths."""
+    out = Path(directory)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"report path exists and is not a directory: {out}")
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "results.json", out / "results.md"]
+    paths[0].write_bytes(msgspec.json.format(msgspec.json.encode(report), indent=2))
+    md = [
+        f"# Evaluation: {report.model} (window {report.window:,} tokens)\n",
+        f"Machine: {report.machine}. Wall time: {report.seconds:.0f} s.\n",
+        markdown_table(report.results, report.window),
+    ]
+    lost = losses(report.results)
+    if lost:
+        md.append("\nWhere xl3m loses to another method:\n\n" + "\n".join(f"- {line}" for line in lost) + "\n")
+    paths[1].write_text("\n".join(md), encoding="utf-8")
+    paths += heatmaps(report.samples, out, value="accuracy")
+    paths += heatmaps(report.samples, out, value="selection_recall")
+    return paths
+
+
+def _bucket(depth: float | None) -> float:
+    return round(depth if depth is not None else 0.5, 1)
+
+
+def _short(n: int) -> str:
+    return f"{n / 1_000_000:g}M" if n >= 1_000_000 else f"{n / 1000:g}k"

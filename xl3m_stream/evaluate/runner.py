@@ -1,0 +1,357 @@
+"""Run the evaluation: tasks x lengths x samples x methods, through the public Engine API.
+
+For each sample the stream goes once through a real :class:`~xl3m_stream.Engine` with the
+question set (the product path: bounded store, default measure). Every segment's scores under
+all four measures arrive in ``SegmentScored`` events, so the other ``xl3m-*`` measures and the
+``hybrid`` ranking cost no extra forward passes. Every method then answers with the same reader
+(``Engine.answer_with``) under the same token budget, and two things are recorded separately:
+
+* selection -- whether the evidence made it into the key context (``selection_recall``) and the
+  rank of the main evidence's segment in the method's ranking (``evidence_rank``),
+* answering -- whether the reader's answer is right (``accuracy``).
+
+A small reader can fail on a perfect context; the two columns show which stage failed.
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import anyio
+import msgspec
+
+from ..config import EngineConfig
+from ..errors import InputError
+from ..segment import Segment
+from ..segmenter import Segmenter
+from ..tokenizer import IncrementalTokenizer
+from .baselines import (
+    default_embedder,
+    rank_bm25,
+    rank_embed,
+    reciprocal_rank_fusion,
+    select_by_scores,
+    select_sink,
+    select_truncate,
+)
+from .metrics import contains_evidence, evidence_rank, score_answer
+from .tasks import TASKS, Sample, make_sample
+
+LM_MEASURES = ("entropy", "nll", "gain", "tgain")
+METHODS = (
+    "xl3m",
+    "xl3m-entropy",
+    "xl3m-nll",
+    "xl3m-gain",
+    "xl3m-tgain",
+    "hybrid",
+    "truncate",
+    "sink",
+    "bm25",
+    "embed",
+    "full",
+)
+"""``xl3m``: the engine as shipped (its default measure, bounded store). ``xl3m-<measure>``: the
+same scoring pass ranked by one measure. ``hybrid``: reciprocal rank fusion of the LM measures
+(entropy, nll, tgain) with BM25. ``full``: the whole stream, only where it fits the window."""
+
+
+class EvalConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """What to evaluate. Lengths are in tokens of the scoring model's tokenizer."""
+
+    tasks: list[str] = msgspec.field(default_factory=lambda: ["passkey"])
+    lengths: list[int] = msgspec.field(default_factory=lambda: [32_000])
+    samples: int = 5
+    methods: list[str] = msgspec.field(default_factory=lambda: ["xl3m", "truncate"])
+    seed: int = 0
+    depths: list[float] | None = None
+    """Depths to cycle through (sample i gets depths[i % len]); None: drawn from the seed."""
+    haystack_files: list[str] = msgspec.field(default_factory=list)
+    scoring_question_tokens: int | None = None
+    """Score with the last N tokens of (stream + question) instead of the question alone (the
+    paper's "question = the last tokens of the input"); None: the question itself."""
+    engine: EngineConfig = msgspec.field(default_factory=EngineConfig)
+
+    def __post_init__(self) -> None:
+        for t in self.tasks:
+            if t not in TASKS:
+                raise InputError(f"unknown task {t!r}; tasks: {', '.join(TASKS)}")
+        for m in self.methods:
+            if m not in METHODS:
+                raise InputError(f"unknown method {m!r}; methods: {', '.join(METHODS)}")
+        if not self.tasks or not self.methods or not self.lengths:
+            raise InputError("give at least one task, one length and one method")
+        if any(n < 256 for n in self.lengths):
+            raise InputError("lengths must be at least 256 tokens")
+        if self.samples < 1:
+            raise InputError("samples must be at least 1")
+        if self.depths is not None and any(not 0.0 <= d <= 1.0 for d in self.depths):
+            raise InputError("depths must lie in [0, 1]")
+        if self.scoring_question_tokens is not None and self.scoring_question_tokens < 1:
+            raise InputError("scoring_question_tokens must be at least 1")
+
+
+class SampleResult(msgspec.Struct, frozen=True, kw_only=True):
+    """One method on one sample."""
+
+    task: str
+    length: int
+    tokens: int
+    method: str
+    seed: int
+    depth: float | None
+    accuracy: float
+    selection_recall: float | None
+    evidence_rank: int | None
+    answer: str
+    context_tokens: int
+    seconds: float
+
+
+class ResultRow(msgspec.Struct, frozen=True, kw_only=True):
+    """One task x length x method, aggregated over its samples."""
+
+    task: str
+    length: int
+    method: str
+    accuracy: float
+    selection_recall: float | None
+    median_evidence_rank: float | None
+    samples: int
+    seconds: float
+
+
+class Report(msgspec.Struct, kw_only=True):
+    model: str
+    window: int
+    machine: str
+    config: dict[str, Any]
+    results: list[ResultRow]
+    samples: list[SampleResult]
+    seconds: float
+
+
+ProgressFn = Callable[[str], None]
+
+
+async def run_eval(cfg: EvalConfig, *, progress: ProgressFn | None = None) -> Report:
+    """Evaluate every task x length x sample x method; see the module docstring."""
+    from .. import Engine
+
+    say = progress or (lambda _msg: None)
+    started = time.perf_counter()
+    out: list[SampleResult] = []
+    engine_cfg = cfg.engine.replace(store_segments=max(cfg.engine.store_segments, 1))
+    model_name, window = "", 0
+    for task in cfg.tasks:
+        for length in cfg.lengths:
+            for i in range(cfg.samples):
+                seed = cfg.seed * 1_000_003 + i
+                depth = cfg.depths[i % len(cfg.depths)] if cfg.depths else None
+                async with Engine(engine_cfg) as engine:
+                    model_name, window = engine.model_name, engine.reader_window
+                    sample = _sample(engine, task, length, seed, depth, cfg)
+                    say(f"{task} {length:,} tokens, sample {i + 1}/{cfg.samples} (depth {sample.depth:.2f})")
+                    out.extend(await _evaluate_sample(engine, sample, cfg, say))
+    rows = aggregate(out)
+    return Report(
+        model=model_name,
+        window=window,
+        machine=machine_description(),
+        config=msgspec.to_builtins(cfg),
+        results=rows,
+        samples=out,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _sample(engine: Any, task: str, length: int, seed: int, depth: float | None, cfg: EvalConfig) -> Sample:
+    tokenizer = engine.tokenizer
+
+    def count(text: str) -> int:
+        return len(tokenizer.encode(text, add_special_tokens=False))
+
+    return make_sample(
+        task, length=length, seed=seed, depth=depth, count_tokens=count, haystack_files=cfg.haystack_files
+    )
+
+
+def cut_segments(tokenizer: Any, text: str, config: EngineConfig) -> list[Segment]:
+    """The segments the engine cuts from ``text`` (same tokenizer rules, same segmenter)."""
+    return cut_ids(tokenizer, stream_ids(tokenizer, text), config)
+
+
+def stream_ids(tokenizer: Any, text: str) -> list[int]:
+    """``text`` tokenised as the engine tokenises a stream (special-token strings as plain text)."""
+    itok = IncrementalTokenizer(tokenizer)
+    return itok.push(text) + itok.flush()
+
+
+def cut_ids(tokenizer: Any, ids: list[int], config: EngineConfig) -> list[Segment]:
+    """The segments the engine cuts from the token ids ``ids``."""
+    boundary = None
+    if config.segment_cut == "lines":
+        from ..segmenter import newline_token_ids
+
+        boundary = newline_token_ids(tokenizer)
+    seg = Segmenter(config.segment_tokens, overlap=config.segment_overlap, boundary_ids=boundary)
+    return seg.push(ids) + seg.flush()
+
+
+async def _evaluate_sample(engine: Any, sample: Sample, cfg: EvalConfig, say: ProgressFn) -> list[SampleResult]:
+    from ..events import SegmentScored
+
+    tokenizer = engine.tokenizer
+    question = sample.question
+    scoring_question = question
+    if cfg.scoring_question_tokens is not None:
+        recent = sample.context[-16 * cfg.scoring_question_tokens :]  # enough characters for N tokens
+        tail = tokenizer.encode(recent + "\n\n" + question, add_special_tokens=False)
+        scoring_question = tokenizer.decode(tail[-cfg.scoring_question_tokens :])
+    ids = stream_ids(tokenizer, sample.context)
+    segments = cut_ids(tokenizer, ids, engine.config)
+    texts = [tokenizer.decode(list(s.tokens)) for s in segments]
+    sizes = [s.n_tokens for s in segments]
+    budget = engine.budget_for(question)
+    results: list[SampleResult] = []
+
+    def record(method: str, answer: Any, ranking: Sequence[float] | None, seconds: float) -> None:
+        selected = "".join(s.text for s in answer.segments)
+        recall = sum(contains_evidence(sample, selected, k) for k in range(len(sample.evidence))) / len(sample.evidence)
+        rank = None
+        if ranking is not None:
+            order = sorted(range(len(segments)), key=lambda j: (-ranking[j], -j))
+            rank = evidence_rank(sample, [texts[j] for j in order])
+        results.append(
+            SampleResult(
+                task=sample.task,
+                length=sample.length,
+                tokens=int(sample.meta.get("tokens", sample.length)),
+                method=method,
+                seed=sample.seed,
+                depth=sample.depth,
+                accuracy=float(score_answer(sample, answer.text)),
+                selection_recall=recall,
+                evidence_rank=rank,
+                answer=answer.text,
+                context_tokens=answer.context_tokens,
+                seconds=round(seconds, 3),
+            )
+        )
+
+    async def answer_indices(indices: Sequence[int], ranking: Sequence[float] | None) -> Any:
+        chosen = [segments[j] for j in sorted(indices)]
+        scores = [ranking[j] for j in sorted(indices)] if ranking is not None else None
+        return await engine.answer_with(chosen, question, scores=scores)
+
+    wanted = set(cfg.methods)
+    lm_wanted = wanted & ({"xl3m", "hybrid"} | {f"xl3m-{m}" for m in LM_MEASURES})
+    lm_scores: dict[str, list[float]] = {}
+    scoring_seconds = 0.0
+    if lm_wanted:
+        await engine.set_question(scoring_question)
+        by_seq: dict[int, dict[str, float]] = {}
+        events = engine.events()
+
+        async def collect() -> None:
+            async for event in events:
+                if isinstance(event, SegmentScored):
+                    by_seq[event.seq] = event.scores
+
+        t0 = time.perf_counter()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(collect)
+            # the stream goes in as the same token ids (tokenising it twice would only cost time)
+            step = 1 << 14
+            await engine.process(ids[k : k + step] for k in range(0, len(ids), step))
+            await events.aclose()
+        scoring_seconds = time.perf_counter() - t0
+        if sorted(by_seq) != list(range(len(segments))):
+            raise RuntimeError(f"the engine scored {len(by_seq)} segments; the evaluation cut {len(segments)}")
+        lm_scores = {m: [by_seq[s.seq][m] for s in segments] for m in LM_MEASURES}
+        if "xl3m" in wanted:
+            t1 = time.perf_counter()
+            answer = await engine.ask(question if scoring_question == question else scoring_question)
+            if scoring_question != question:  # read with the real question, from the engine's selection
+                answer = await engine.answer_with([segments[s.seq] for s in answer.segments if not s.local], question)
+            record("xl3m", answer, lm_scores[engine.config.measure], scoring_seconds + time.perf_counter() - t1)
+        for m in LM_MEASURES:
+            if f"xl3m-{m}" in wanted:
+                t1 = time.perf_counter()
+                answer = await answer_indices(select_by_scores(lm_scores[m], sizes, budget), lm_scores[m])
+                record(f"xl3m-{m}", answer, lm_scores[m], scoring_seconds + time.perf_counter() - t1)
+    if "hybrid" in wanted:
+        t1 = time.perf_counter()
+        fused = reciprocal_rank_fusion(
+            [lm_scores["entropy"], lm_scores["nll"], lm_scores["tgain"], rank_bm25(texts, question)]
+        )
+        answer = await answer_indices(select_by_scores(fused, sizes, budget), fused)
+        record("hybrid", answer, fused, scoring_seconds + time.perf_counter() - t1)
+    if "bm25" in wanted:
+        t1 = time.perf_counter()
+        ranking = rank_bm25(texts, question)
+        answer = await answer_indices(select_by_scores(ranking, sizes, budget), ranking)
+        record("bm25", answer, ranking, time.perf_counter() - t1)
+    if "embed" in wanted:
+        t1 = time.perf_counter()
+        ranking = rank_embed(texts, question, default_embedder())
+        answer = await answer_indices(select_by_scores(ranking, sizes, budget), ranking)
+        record("embed", answer, ranking, time.perf_counter() - t1)
+    if "truncate" in wanted:
+        t1 = time.perf_counter()
+        answer = await answer_indices(select_truncate(texts, sizes, question, budget), None)
+        record("truncate", answer, None, time.perf_counter() - t1)
+    if "sink" in wanted:
+        t1 = time.perf_counter()
+        answer = await answer_indices(select_sink(texts, sizes, question, budget), None)
+        record("sink", answer, None, time.perf_counter() - t1)
+    if "full" in wanted:
+        room = engine.budget_for(question, whole_window=True)
+        if sum(sizes) <= room:
+            t1 = time.perf_counter()
+            answer = await engine.answer_with(segments, question, budget=room)
+            record("full", answer, None, time.perf_counter() - t1)
+        else:
+            say(f"full: skipped ({sum(sizes):,} tokens do not fit the {room:,}-token room of the window)")
+    return results
+
+
+def aggregate(samples: Sequence[SampleResult]) -> list[ResultRow]:
+    """Mean accuracy and recall, median evidence rank, per task x length x method."""
+    groups: dict[tuple[str, int, str], list[SampleResult]] = {}
+    for s in samples:
+        groups.setdefault((s.task, s.length, s.method), []).append(s)
+    rows = []
+    for (task, length, method), group in groups.items():
+        recalls = [g.selection_recall for g in group if g.selection_recall is not None]
+        ranks = [g.evidence_rank for g in group if g.evidence_rank is not None]
+        rows.append(
+            ResultRow(
+                task=task,
+                length=length,
+                method=method,
+                accuracy=round(statistics.fmean(g.accuracy for g in group), 4),
+                selection_recall=round(statistics.fmean(recalls), 4) if recalls else None,
+                median_evidence_rank=statistics.median(ranks) if ranks else None,
+                samples=len(group),
+                seconds=round(sum(g.seconds for g in group), 3),
+            )
+        )
+    order = {m: i for i, m in enumerate(METHODS)}
+    rows.sort(key=lambda r: (r.task, r.length, order.get(r.method, 99)))
+    return rows
+
+
+def machine_description() -> str:
+    import os
+
+    import torch
+
+    where = f"{platform.machine()} {os.cpu_count()} cores"
+    if torch.cuda.is_available():
+        where += f", {torch.cuda.get_device_name(0)}"
+    return f"{where}, Python {platform.python_version()}, torch {torch.__version__}"
