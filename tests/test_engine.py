@@ -321,3 +321,15 @@ async def test_source_metadata_reaches_segments(tiny_model_dir, anyio_backend) -
             covered.update(range(m["line_start"], m["line_end"] + 1))
             assert m["level"] == "INFO"
         assert covered == set(range(1, 41))
+
+
+async def test_rolling_questions_do_not_grow_memory(tiny_model_dir, anyio_backend, monkeypatch) -> None:
+    from xl3m_stream import engine as engine_module
+
+    monkeypatch.setattr(engine_module, "QUESTION_KEYS_KEPT", 3)
+    async with Engine(config(tiny_model_dir, question=None, batch_size=1)) as engine:
+        await engine.process([TEXT])
+        assert engine.stats().batches > 3
+        assert len(engine._question_keys) <= 3
+        answer = await engine.ask("What is the pass key?")
+        assert answer.rescored == engine.stats().store_segments  # forgotten keys count as other questions

@@ -21,7 +21,7 @@ import logging
 import math
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -80,6 +80,8 @@ log = logging.getLogger("xl3m_stream.engine")
 FEED_SLICE_CHARS = 1 << 16
 """Text is tokenised in slices of this many characters, with backpressure between slices."""
 FEED_SLICE_TOKENS = 1 << 14
+QUESTION_KEYS_KEPT = 4096
+"""How many distinct questions keep their key (see ``Engine._question_key``)."""
 THREAD_TOKENIZE_CHARS = 1 << 14
 """Text longer than this is tokenised in a worker thread so the event loop stays responsive."""
 MAX_EXPLAINING = 32
@@ -205,7 +207,9 @@ class Engine:
         keep = max(cfg.question_tokens, cfg.local_window_tokens) + cfg.segment_tokens
         self._recent: deque[int] = deque(maxlen=keep)
         self._position = 0  # stream tokens consumed (== segmenter.position)
-        self._question_keys: dict[tuple[int, ...], int] = {}
+        # question ids -> small int key; bounded (the rolling window makes a new question per batch)
+        self._question_keys: OrderedDict[tuple[int, ...], int] = OrderedDict()
+        self._next_question_key = 1
         self._explicit: tuple[str, tuple[int, ...]] | None = None
         self._subscribers: list[EventStream] = []
         self._counters = dict(
@@ -444,10 +448,20 @@ class Engine:
         self._explicit = None if question is None else self._encode_scoring_question(question)
 
     def _question_key(self, ids: tuple[int, ...]) -> int:
+        """A key that tells scores taken against the same question apart from others.
+
+        Only the most recent questions keep their key; a stored score whose key was forgotten
+        just counts as taken against another question (re-scored at the next ask).
+        """
         key = self._question_keys.get(ids)
         if key is None:
-            key = len(self._question_keys) + 1
+            key = self._next_question_key
+            self._next_question_key += 1
             self._question_keys[ids] = key
+            if len(self._question_keys) > QUESTION_KEYS_KEPT:
+                self._question_keys.popitem(last=False)
+        else:
+            self._question_keys.move_to_end(ids)
         return key
 
     # ------------------------------------------------------------------ scoring
@@ -1116,7 +1130,8 @@ class Engine:
         self._position = snap.position
         self._chars_in = snap.chars
         self._bytes.restore(snap.held)
-        self._question_keys = {tuple(q): i + 1 for i, q in enumerate(snap.questions)}
+        self._question_keys = OrderedDict((tuple(q), i + 1) for i, q in enumerate(snap.questions))
+        self._next_question_key = len(self._question_keys) + 1
         store = SegmentStore.from_snapshot(snap.store)
         store.resize(cfg.store_segments, cfg.store_tokens)  # the bounds may have changed
         if stale and len(store):  # scored by another model: re-scored at the next ask
