@@ -82,7 +82,7 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     """Most segments kept as candidates (the least relevant is evicted first)."""
     store_tokens: Annotated[int, Meta(ge=1)] | None = None
     """Optional bound on the tokens kept as candidates."""
-    context_tokens: Annotated[int, Meta(ge=1)] = 1024
+    context_tokens: Annotated[int, Meta(ge=1)] = 512
     """Key-context budget (segment tokens; the few tokens of gap markers between segments come on
     top); capped at the reader's window minus the question and ``max_new_tokens``."""
     local_window_tokens: NonNegInt = 0
@@ -100,8 +100,9 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     there). ``None``: a newline for ``plain`` prompts; nothing but end-of-turn for ``chat``."""
     reader_prompt: Literal["auto", "plain", "chat"] = "auto"
     """``plain``: context, blank line, question, continued by the model. ``chat``: the same as the
-    user turn of the reader's chat template. ``auto``: chat when the tokenizer has a template
-    (measured better for SmolLM2-135M-Instruct on needle, multi-key and log questions)."""
+    user turn of the reader's chat template. ``auto``: chat for a question ending in "?" when the
+    tokenizer has a template, plain for a cue to continue ("... The pass key is"); measured best
+    for SmolLM2-135M-Instruct (docs/METHOD.md)."""
     reader_window: Annotated[int, Meta(ge=16)] | None = None
     """The reader's context window in tokens; ``None`` reads it from the model config."""
 

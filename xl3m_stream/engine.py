@@ -619,9 +619,10 @@ class Engine:
         """Answer ``question`` (None: the stream's last ``question_tokens`` tokens, as in the paper)."""
         started = time.perf_counter()
         ctx, prompt, timing = await self._select(question, rescore, started, max_new_tokens)
+        question = ctx.question
         pieces: list[str] = []
         first: float | None = None
-        async for piece in self._generate(prompt, max_new_tokens):
+        async for piece in self._generate(prompt, max_new_tokens, question):
             if first is None:
                 first = time.perf_counter() - started
             pieces.append(piece)
@@ -651,9 +652,9 @@ class Engine:
         self, question: str | None = None, *, rescore: str | None = None, max_new_tokens: int | None = None
     ) -> AsyncIterator[str]:
         """Answer ``question`` as it is generated: an async iterator of text pieces."""
-        _, prompt, _ = await self._select(question, rescore, time.perf_counter(), max_new_tokens)
+        ctx, prompt, _ = await self._select(question, rescore, time.perf_counter(), max_new_tokens)
         self._counters["asks"] += 1
-        async for piece in self._generate(prompt, max_new_tokens):
+        async for piece in self._generate(prompt, max_new_tokens, ctx.question):
             yield piece
 
     async def _select(
@@ -820,7 +821,7 @@ class Engine:
         prompt = self._pool.first.reader.prompt_ids(ids, question)
         pieces: list[str] = []
         first: float | None = None
-        async for piece in self._generate(prompt, max_new_tokens):
+        async for piece in self._generate(prompt, max_new_tokens, question):
             first = first if first is not None else time.perf_counter() - started
             pieces.append(piece)
         total = time.perf_counter() - started
@@ -849,7 +850,7 @@ class Engine:
         start = self._segmenter.position - len(pending)
         return Segment(seq=self._segmenter.next_seq, start=start, end=start + len(tokens), tokens=tuple(tokens))
 
-    async def _generate(self, prompt: list[int], max_new_tokens: int | None) -> AsyncIterator[str]:
+    async def _generate(self, prompt: list[int], max_new_tokens: int | None, question: str) -> AsyncIterator[str]:
         """Run the reader in a worker thread and pass its text pieces back as they come."""
         assert self._pool is not None
         replica = self._pool.first if len(self._pool.replicas) == 1 else self._pool.pick() or self._pool.first
@@ -867,7 +868,7 @@ class Engine:
                 max_new_tokens=max_new,
                 temperature=cfg.temperature,
                 seed=cfg.seed,
-                stop=cfg.stop if cfg.stop is not None else reader.default_stop,
+                stop=cfg.stop if cfg.stop is not None else reader.stop_for(question),
                 should_stop=stop.is_set,
             ):
                 if stop.is_set():
@@ -1014,7 +1015,7 @@ class Engine:
             room = reader.window - reader.overhead - reader.question_tokens(alert.question) - len(reader.sep_ids)
             context = list(segment.tokens)[-max(0, room - max_new) :] if room > max_new else []
             prompt = reader.prompt_ids(context, alert.question)
-            pieces = [piece async for piece in self._generate(prompt, max_new)]
+            pieces = [piece async for piece in self._generate(prompt, max_new, alert.question)]
             alert = msgspec.structs.replace(alert, explanation="".join(pieces).strip())
         except Exception as exc:  # the alert matters more than its explanation
             log.warning("explaining alert on segment %d failed: %s", alert.seq, exc)

@@ -118,16 +118,15 @@ class Reader:
     def __init__(self, model: Any, tokenizer: Any, *, window: int, prompt_style: str = "auto") -> None:
         if prompt_style not in ("auto", "plain", "chat"):
             raise ValueError(f"prompt_style must be 'auto', 'plain' or 'chat', got {prompt_style!r}")
-        if prompt_style == "auto":
-            prompt_style = "chat" if getattr(tokenizer, "chat_template", None) else "plain"
-        if prompt_style == "chat" and not getattr(tokenizer, "chat_template", None):
+        has_template = bool(getattr(tokenizer, "chat_template", None))
+        if prompt_style == "chat" and not has_template:
             raise ValueError("reader_prompt='chat' needs a tokenizer with a chat template")
+        if prompt_style == "auto" and not has_template:
+            prompt_style = "plain"
         self.model = model
         self.tokenizer = tokenizer
         self.window = window
         self.prompt_style = prompt_style
-        self.default_stop: tuple[str, ...] = ("\n",) if prompt_style == "plain" else ()
-        """Stop strings when the config gives none: a plain prompt is continued until the line ends."""
         self.device = next(model.parameters()).device
         eos = set()
         for source in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
@@ -141,12 +140,29 @@ class Reader:
         # transformers renamed `past_key_values` to `cache`; pass whichever this model's forward takes
         params = inspect.signature(model.forward).parameters
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
-        self.overhead = len(self.prompt_ids([], ""))
+        self.overhead = max(len(self.prompt_ids([], q)) for q in ("", "?"))
+        """Prompt tokens besides the context and the question (the larger of the two styles)."""
+
+    def style_for(self, question: str) -> str:
+        """``plain`` or ``chat`` for this question.
+
+        ``auto`` uses the chat template for a real question (ending in "?") and a plain
+        continuation for a cue that ends mid-sentence ("... The pass key is"), which the model
+        should simply continue. Measured on SmolLM2-135M-Instruct (docs/METHOD.md): chat was
+        better on needle and multi-key questions, plain on passkey cues.
+        """
+        if self.prompt_style != "auto":
+            return self.prompt_style
+        return "chat" if question.rstrip().endswith("?") else "plain"
+
+    def stop_for(self, question: str) -> tuple[str, ...]:
+        """Stop strings when the config gives none: a plain continuation ends with its line."""
+        return ("\n",) if self.style_for(question) == "plain" else ()
 
     def prompt_ids(self, context_ids: Sequence[int], question: str) -> list[int]:
         """The reader's prompt for a key context (as ids) and a question."""
         q_ids = self.tokenizer.encode(question, add_special_tokens=False)
-        if self.prompt_style == "plain":
+        if self.style_for(question) == "plain":
             sep = self.sep_ids if context_ids else []
             return self._bos + list(context_ids) + sep + list(q_ids)
         # chat: the context text goes into the user turn; re-tokenising it is exact enough here
