@@ -2,11 +2,12 @@
 
     python benchmarks/memory.py [--sizes 100000,1000000] [--model M] [--json]
 
-Each size runs in a fresh process (peak RSS only grows within a process), streaming that
-many tokens of prose through the engine with a standing question and the default store (64
-segments). Reported per size: peak RSS in MiB and seconds per 1,000 tokens. ``growth`` is
-largest / smallest peak RSS; ``time_growth`` is the same for time per token. The last stdout
-line (``--json``) holds both.
+Each size runs in a fresh process (peak RSS only grows within a process), streaming a passkey
+document of that many tokens (EVAL.md's format, key at depth 0.5) through the engine with the
+question set and the default store (64 segments), then asking. Reported per size: peak RSS in
+MiB, milliseconds per 1,000 tokens, and whether the answer holds the key. ``growth`` is largest
+/ smallest peak RSS; ``time_growth`` is the same for time per token. The last stdout line
+(``--json``) holds both.
 """
 
 from __future__ import annotations
@@ -20,21 +21,29 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import emit, now, peak_rss_mb, stream_text
-
-QUESTION = "Which town did the carpenter visit before the storm?"
+from common import emit, now, peak_rss_mb
 
 
 def one(size: int, model: str, batch_size: int) -> dict[str, Any]:
     import anyio
 
     from xl3m_stream import Engine, EngineConfig
+    from xl3m_stream.evaluate.metrics import first_int_match
+    from xl3m_stream.evaluate.tasks import PASSKEY_QUESTION, make_sample
 
     async def run() -> dict[str, Any]:
-        config = EngineConfig(model=model, question=QUESTION, batch_size=batch_size)
+        config = EngineConfig(model=model, question=PASSKEY_QUESTION, batch_size=batch_size)
         async with Engine(config) as engine:
             loaded_rss = peak_rss_mb()
-            text = stream_text(engine.tokenizer, size, seed=3)
+            tok = engine.tokenizer
+            sample = make_sample(
+                "passkey",
+                length=size,
+                seed=5,
+                depth=0.5,
+                count_tokens=lambda t: len(tok.encode(t, add_special_tokens=False)),
+            )
+            text = sample.context
             t0 = now()
             step = 1 << 15
             for i in range(0, len(text), step):
@@ -42,7 +51,7 @@ def one(size: int, model: str, batch_size: int) -> dict[str, Any]:
             await engine.flush()
             seconds = now() - t0
             del text
-            answer = await engine.ask(QUESTION)
+            answer = await engine.ask(PASSKEY_QUESTION)
             return {
                 "tokens": engine.stream_tokens,
                 "seconds": round(seconds, 2),
@@ -51,6 +60,8 @@ def one(size: int, model: str, batch_size: int) -> dict[str, Any]:
                 "peak_rss_mb": round(peak_rss_mb(), 1),
                 "store_segments": len(engine.store),
                 "answer_segments": len(answer.segments),
+                "answer": answer.text,
+                "passkey_correct": first_int_match(answer.text, sample.answers[0]),
             }
 
     return anyio.run(run)
