@@ -629,7 +629,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         if len(snippet) > 90:
             snippet = snippet[:87] + "..."
         score = "  local" if seg["score"] is None else f"{seg['score']:7.3f}"
-        print(f"  tokens {seg['start']:>8,}-{seg['end']:<8,} score {score}  {snippet}")
+        mark = "  <- holds the key" if result["expected"] in seg["text"] else ""
+        print(f"  tokens {seg['start']:>8,}-{seg['end']:<8,} score {score}  {snippet}{mark}")
     print(
         f"time: {result['seconds']:.1f} s total ({result['load_seconds']:.1f} s loading, "
         f"{result['ingest_seconds']:.1f} s streaming {result['stream_tokens']:,} tokens = "
