@@ -6,6 +6,7 @@ import threading
 
 import anyio
 import pytest
+from helpers import tiny_config
 
 from xl3m_stream import (
     Engine,
@@ -25,19 +26,7 @@ TEXT = "".join(f"line {i}: The grass is green. The sky is blue. The sun is yello
 
 
 def config(model_dir, **changes) -> EngineConfig:
-    base = dict(
-        model=str(model_dir),
-        devices=["cpu"],
-        segment_tokens=32,
-        batch_size=4,
-        batch_wait_ms=1,
-        store_segments=6,
-        context_tokens=160,
-        max_new_tokens=6,
-        question="What is the pass key?",
-    )
-    base.update(changes)
-    return EngineConfig(**base)
+    return tiny_config(model_dir, **changes)
 
 
 def drain_events(stream) -> list:

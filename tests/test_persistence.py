@@ -18,6 +18,7 @@ from pathlib import Path
 import anyio
 import msgspec
 import pytest
+from helpers import tiny_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -44,20 +45,7 @@ def anyio_backend() -> str:
 
 
 def config(model_dir, state_dir, **changes) -> EngineConfig:
-    base = dict(
-        model=str(model_dir),
-        devices=["cpu"],
-        segment_tokens=32,
-        batch_size=4,
-        batch_wait_ms=1,
-        store_segments=6,
-        context_tokens=160,
-        max_new_tokens=4,
-        question="What is the pass key?",
-        state_dir=str(state_dir),
-    )
-    base.update(changes)
-    return EngineConfig(**base)
+    return tiny_config(model_dir, **{"max_new_tokens": 4, "state_dir": str(state_dir), **changes})
 
 
 def open_dir(path: Path, layout: Layout = LAYOUT, fsync: P.Fsync = "interval") -> StateDir:

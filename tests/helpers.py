@@ -1,0 +1,24 @@
+"""Helpers shared by test modules (import them as ``from helpers import ...``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from xl3m_stream import EngineConfig
+
+
+def tiny_config(model_dir: Any, **changes: Any) -> EngineConfig:
+    """An engine config for the tiny test model: short segments, a small store, quick answers."""
+    base: dict[str, Any] = dict(
+        model=str(model_dir),
+        devices=["cpu"],
+        segment_tokens=32,
+        batch_size=4,
+        batch_wait_ms=1,
+        store_segments=6,
+        context_tokens=160,
+        max_new_tokens=6,
+        question="What is the pass key?",
+    )
+    base.update(changes)
+    return EngineConfig(**base)
