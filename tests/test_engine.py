@@ -322,3 +322,51 @@ async def test_rolling_questions_do_not_grow_memory(tiny_model_dir, anyio_backen
         assert len(engine._question_keys) <= 3
         answer = await engine.ask("What is the pass key?")
         assert answer.rescored == engine.stats().store_segments  # forgotten keys count as other questions
+
+
+def _two_replica_pool(monkeypatch, model_dir) -> None:
+    """Make the engine load two CPU replicas of the tiny model (the pool normally has one per device)."""
+    import torch
+
+    from xl3m_stream import models
+    from xl3m_stream.devices import DevicePool
+
+    def load(config):
+        loaded = [models.load(config.model, torch.device("cpu"), dtype="float32") for _ in range(2)]
+        return DevicePool.from_models(loaded, config)
+
+    monkeypatch.setattr(DevicePool, "load", staticmethod(load))
+
+
+async def test_two_replicas_share_work_and_cover_a_failing_one(tiny_model_dir, anyio_backend, monkeypatch) -> None:
+    _two_replica_pool(monkeypatch, tiny_model_dir)
+    async with Engine(config(tiny_model_dir, batch_size=2, device_concurrency=1)) as engine:
+        first, second = engine.replicas
+        await engine.process([TEXT[:1500]])
+        assert first.batches > 0 and second.batches > 0  # least-loaded dispatch used both
+
+        def broken(segments, question):
+            raise RuntimeError("device lost (simulated)")
+
+        first.scorer.score = broken
+        events = engine.events()
+        before = (engine.stats().segments_cut, second.batches)
+        await engine.process([TEXT[1500:3000]])
+        errors = [e for e in drain_events(events) if isinstance(e, ErrorEvent)]
+        assert errors and all(e.retrying and e.replica == first.index for e in errors)
+        assert engine.failed_segments == []  # every batch the broken replica took went to the other
+        assert engine.stats().segments_scored == engine.stats().segments_cut > before[0]
+        assert second.batches > before[1]
+
+
+def test_pool_picks_the_least_loaded_healthy_replica(tiny_loaded) -> None:
+    from xl3m_stream.devices import DevicePool
+
+    pool = DevicePool.from_models([tiny_loaded, tiny_loaded, tiny_loaded], EngineConfig(model="unused"))
+    a, b, c = pool.replicas
+    a.inflight, b.inflight, c.inflight = 2, 1, 1
+    assert pool.pick() is b  # least in flight, ties to the lowest index
+    assert pool.pick(exclude=[b.index]) is c
+    c.healthy = False
+    assert pool.pick(exclude=[b.index]) is a
+    assert pool.pick(exclude=[0, 1]) is None
