@@ -6,6 +6,10 @@
 Each plan is a list of `xl3m-stream eval` runs (see PLANS). Per-sample results are appended
 to OUT/samples.jsonl as they finish, so an interrupted run keeps what it measured; at the end
 OUT gets results.json, results.md and the heatmaps (xl3m_stream.evaluate.report).
+
+    python benchmarks/eval_grid.py --merge reports/a reports/b --out docs/results
+
+combines earlier grids (their results.json) into one report in OUT, without running anything.
 """
 
 from __future__ import annotations
@@ -56,7 +60,8 @@ PLANS: dict[str, list[dict[str, Any]]] = {
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--plan", choices=sorted(PLANS), required=True)
+    p.add_argument("--plan", choices=sorted(PLANS))
+    p.add_argument("--merge", nargs="+", metavar="DIR", help="combine these grids' results.json into OUT")
     p.add_argument("--out", required=True)
     p.add_argument("--model", default="default")
     p.add_argument("--device", default="cpu")
@@ -65,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", default=None, help="comma-separated run numbers of the plan (1-based); default all")
     p.add_argument("--time-limit", type=float, default=None, help="stop starting new runs after this many seconds")
     args = p.parse_args(argv)
+    if (args.plan is None) == (args.merge is None):
+        p.error("give exactly one of --plan and --merge")
+    if args.merge:
+        return merge(args.merge, args.out)
     os.makedirs(args.out, exist_ok=True)
     engine = EngineConfig(model=args.model, devices=[args.device], dtype=args.dtype, batch_size=args.batch_size)
     started = time.perf_counter()
@@ -106,6 +115,30 @@ def main(argv: list[str] | None = None) -> int:
         seconds=time.perf_counter() - started,
     )
     for path in write_report(full, args.out):
+        print(f"grid: wrote {path}", file=sys.stderr)
+    return 0
+
+
+def merge(directories: list[str], out: str) -> int:
+    """One report from several grids: samples concatenated, wall times added, runs listed."""
+    reports = []
+    for d in directories:
+        path = os.path.join(d, "results.json")
+        if not os.path.isfile(path):
+            raise SystemExit(f"grid: no results.json in {d}")
+        with open(path, "rb") as f:
+            reports.append(msgspec.json.decode(f.read(), type=Report))
+    samples = [s for r in reports for s in r.samples]
+    full = Report(
+        model=reports[0].model,
+        window=reports[0].window,
+        machine=reports[0].machine,
+        config={"merged": [{"directory": d, **r.config} for d, r in zip(directories, reports)]},
+        results=aggregate(samples),
+        samples=samples,
+        seconds=sum(r.seconds for r in reports),
+    )
+    for path in write_report(full, out):
         print(f"grid: wrote {path}", file=sys.stderr)
     return 0
 
