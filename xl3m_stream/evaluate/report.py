@@ -126,4 +126,5 @@ def _bucket(depth: float | None) -> float:
 
 
 def _short(n: int) -> str:
-    return f"{n / 1_000_000:g}M" if n >= 1_000_000 else f"{n / 1000:g}k"
+    """A length as a tick label: 4000 -> 4k, 16384 -> 16.4k, 262144 -> 262k, 1048576 -> 1.05M."""
+    return f"{n / 1_000_000:.3g}M" if n >= 999_500 else f"{n / 1000:.3g}k"

@@ -1,0 +1,92 @@
+"""Evaluation reports: aggregation, the Markdown table, losses, and the files written."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from xl3m_stream.evaluate.report import _short, losses, markdown_table, write_report
+from xl3m_stream.evaluate.runner import Report, SampleResult, aggregate
+
+
+def sample(
+    method: str, accuracy: float, recall: float | None, *, depth: float = 0.5, length: int = 16384
+) -> SampleResult:
+    return SampleResult(
+        task="needle",
+        length=length,
+        tokens=length,
+        method=method,
+        seed=0,
+        depth=depth,
+        accuracy=accuracy,
+        selection_recall=recall,
+        evidence_rank=1 if recall else None,
+        answer="x",
+        context_tokens=512,
+        seconds=2.0,
+    )
+
+
+SAMPLES = [
+    sample("xl3m", 1.0, 1.0, depth=0.2),
+    sample("xl3m", 0.0, 1.0, depth=0.8),
+    sample("bm25", 1.0, 1.0, depth=0.2),
+    sample("bm25", 1.0, 1.0, depth=0.8),
+    sample("truncate", 0.0, 0.0, depth=0.2),
+    sample("truncate", 0.0, 0.0, depth=0.8),
+]
+
+
+def test_aggregate_means_per_method_in_method_order() -> None:
+    rows = aggregate(SAMPLES)
+    assert [r.method for r in rows] == ["xl3m", "truncate", "bm25"]
+    xl3m = rows[0]
+    assert (xl3m.accuracy, xl3m.selection_recall, xl3m.samples, xl3m.seconds) == (0.5, 1.0, 2, 4.0)
+    assert xl3m.median_evidence_rank == 1
+
+
+def test_table_and_losses_name_where_xl3m_is_beaten() -> None:
+    rows = aggregate(SAMPLES)
+    table = markdown_table(rows, window=8192)
+    assert "| needle | 16,384 | 2.0 | xl3m | 0.50 | 1.00 | 1 | 2 | 4.0 |" in table
+    lost = losses(rows)
+    assert len(lost) == 1 and lost[0].startswith("needle @ 16,384: bm25 1.00 acc")
+    assert losses(aggregate([s for s in SAMPLES if s.method != "bm25"])) == []
+
+
+def test_write_report_writes_json_markdown_and_png(tmp_path) -> None:
+    report = Report(
+        model="tiny", window=8192, machine="test", config={}, results=aggregate(SAMPLES), samples=SAMPLES, seconds=12.0
+    )
+    paths = write_report(report, tmp_path / "out")
+    names = sorted(p.name for p in paths)
+    assert names == [
+        "heatmap_needle_accuracy.png",
+        "heatmap_needle_selection_recall.png",
+        "results.json",
+        "results.md",
+    ]
+    back = msgspec.json.decode((tmp_path / "out" / "results.json").read_bytes(), type=Report)
+    assert back.samples == SAMPLES
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "Where xl3m loses" in md and "bm25" in md
+    for p in paths:
+        if p.suffix == ".png":
+            assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_write_report_refuses_a_file_as_directory(tmp_path) -> None:
+    f = tmp_path / "file"
+    f.write_text("x")
+    report = Report(model="m", window=1, machine="t", config={}, results=[], samples=[], seconds=0.0)
+    with pytest.raises(NotADirectoryError):
+        write_report(report, f)
+
+
+@pytest.mark.parametrize(
+    ("n", "label"),
+    [(1500, "1.5k"), (4000, "4k"), (16384, "16.4k"), (262144, "262k"), (999_878, "1M"), (2**20, "1.05M")],
+)
+def test_length_labels(n: int, label: str) -> None:
+    assert _short(n) == label
