@@ -64,6 +64,7 @@ def test_write_report_writes_json_markdown_and_png(tmp_path) -> None:
     assert names == [
         "heatmap_needle_accuracy.png",
         "heatmap_needle_selection_recall.png",
+        "overview.png",
         "results.json",
         "results.md",
     ]

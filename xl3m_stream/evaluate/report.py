@@ -116,9 +116,43 @@ def write_report(report: Report, directory: str | Path) -> list[Path]:
     if lost:
         md.append("\nWhere xl3m loses to another method:\n\n" + "\n".join(f"- {line}" for line in lost) + "\n")
     paths[1].write_text("\n".join(md), encoding="utf-8")
+    paths.append(overview(report.results, out / "overview.png"))
     paths += heatmaps(report.samples, out, value="accuracy")
     paths += heatmaps(report.samples, out, value="selection_recall")
     return paths
+
+
+def overview(rows: Sequence[ResultRow], path: Path) -> Path:
+    """One picture of the whole report: method (rows) x task @ length (columns), accuracy on the
+    left and selection recall on the right."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = list(dict.fromkeys(r.method for r in rows))
+    columns = sorted({(r.task, r.length) for r in rows})
+    cell = {(r.method, r.task, r.length): r for r in rows}
+    fig, axes = plt.subplots(
+        1, 2, figsize=(3 + 1.3 * len(columns), 1.4 + 0.32 * len(methods)), squeeze=False, sharey=True
+    )
+    for ax, value in zip(axes[0], ("accuracy", "selection_recall"), strict=True):
+        grid = [[math.nan] * len(columns) for _ in methods]
+        for i, m in enumerate(methods):
+            for j, (task, length) in enumerate(columns):
+                r = cell.get((m, task, length))
+                v = None if r is None else getattr(r, value)
+                if v is not None:
+                    grid[i][j] = v
+                    ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6)
+        ax.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
+        ax.set_title(value.replace("_", " "), fontsize=9)
+        ax.set_xticks(range(len(columns)), [f"{t}\n{_short(n)}" for t, n in columns], fontsize=7)
+        ax.set_yticks(range(len(methods)), methods, fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def _bucket(depth: float | None) -> float:
