@@ -70,18 +70,19 @@ def measure(path: str, sizes: list[int], model: str, batch_size: int) -> dict[st
                 await engine.drain()  # everything cut so far is scored
                 n = engine.stats().scored_tokens
                 seconds = now() - t0
-                checkpoints[str(todo.pop(0))] = {
+                point = {
                     "scored_tokens": n,
                     "seconds": round(seconds, 2),
                     "ms_per_1k_tokens": round(1e6 * seconds / n, 2),
                     "peak_rss_mb": round(peak_rss_mb(), 1),
                 }
-                print(f"{n:,} tokens: {checkpoints[next(reversed(checkpoints))]}", file=sys.stderr, flush=True)
+                checkpoints[str(todo.pop(0))] = point
+                print(f"{n:,} tokens: {point}", file=sys.stderr, flush=True)
 
             with open(path, encoding="utf-8") as f:
                 while chunk := f.read(READ):
                     await engine.feed(chunk)
-                    if todo and len(todo) > 1 and engine.stream_tokens >= todo[0]:
+                    if len(todo) > 1 and engine.stream_tokens >= todo[0]:
                         await record()
             await engine.flush()
             await record()  # the largest size: the whole stream
