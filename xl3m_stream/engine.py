@@ -4,12 +4,14 @@ Data moves one way through named stages::
 
     feed/process -> IncrementalTokenizer -> Segmenter -> pending queue (backpressure)
       -> batcher (up to batch_size segments or batch_wait_ms) -> scoring on a replica
-         (worker thread, per-replica capacity limit, retried elsewhere on failure)
+         (the replica's own worker threads, retried elsewhere on failure)
       -> SegmentStore (bounded, least relevant evicted) -> events
     ask/ask_stream/key_context -> wait for what was fed -> re-score if needed -> select
       -> assemble key context -> Reader.generate in a worker thread -> text pieces
 
-Torch never runs on the event loop: scoring and generation go through ``anyio.to_thread``.
+Torch never runs on the event loop: scoring runs on each replica's long-lived
+:class:`~xl3m_stream.workers.DeviceThreads` (warm OpenMP teams and malloc arenas), generation
+goes through ``anyio.to_thread``.
 Works under asyncio and trio.
 """
 
@@ -74,6 +76,7 @@ from .segmenter import MetaIndex, Segmenter, newline_token_ids
 from .sources import DecodeStats, Utf8Decoder
 from .store import SegmentStore, StoreEntry, rank_key, select_best
 from .tokenizer import IncrementalTokenizer, backend_tokenizer
+from .workers import DeviceThreads
 
 log = logging.getLogger("xl3m_stream.engine")
 
@@ -192,7 +195,10 @@ class Engine:
         self._segmenter = Segmenter(cfg.segment_tokens, overlap=cfg.segment_overlap, boundary_ids=boundary)
         self._store = SegmentStore(cfg.store_segments, cfg.store_tokens)
         self._score_window = first.scoring_model.window
-        self._limiters = {r.index: anyio.CapacityLimiter(cfg.device_concurrency) for r in self._pool.replicas}
+        # each replica's scoring runs on threads of its own, kept warm for the engine's lifetime
+        self._score_threads = {
+            r.index: DeviceThreads(f"xl3m-score-{r.index}", cfg.device_concurrency) for r in self._pool.replicas
+        }
         self._reader_limiters = {r.index: anyio.CapacityLimiter(1) for r in self._pool.replicas}
         self._slots = anyio.Semaphore(cfg.device_concurrency * len(self._pool.replicas))
         self._intake = anyio.Lock()
@@ -253,6 +259,10 @@ class Engine:
                 await self._close_state()
         for sub in list(getattr(self, "_subscribers", [])):
             sub.close()
+        for threads in getattr(self, "_score_threads", {}).values():
+            threads.close()  # no job is running: the task group above has ended
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(threads.join, 30.0)
         if self._pool is not None:
             self._pool.close()
             self._pool = None
@@ -599,7 +609,7 @@ class Engine:
         replica.inflight += 1
         started = time.perf_counter()
         try:
-            return await anyio.to_thread.run_sync(work, limiter=self._limiters[replica.index])
+            return await self._score_threads[replica.index].run(work)
         finally:
             replica.inflight -= 1
             replica.batches += 1

@@ -1,0 +1,108 @@
+"""DeviceThreads: jobs run on long-lived threads, from asyncio and trio alike."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import anyio
+import pytest
+
+from xl3m_stream.workers import DeviceThreads
+
+BACKENDS = ["asyncio", "trio"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_results_come_back_and_one_thread_runs_every_job(backend: str) -> None:
+    async def main() -> tuple[list[int], set[int], int]:
+        threads = DeviceThreads("t", 1)
+        seen: set[int] = set()
+
+        def job(i: int) -> int:
+            seen.add(threading.get_ident())
+            return i * i
+
+        out = [await threads.run(lambda i=i: job(i)) for i in range(20)]
+        await anyio.to_thread.run_sync(time.sleep, 0.01)  # anyio's own workers do not take its place
+        out.append(await threads.run(lambda: job(5)))
+        threads.close()
+        return out, seen, threading.get_ident()
+
+    out, seen, loop_thread = anyio.run(main, backend=backend)
+    assert out == [i * i for i in range(20)] + [25]
+    assert len(seen) == 1 and loop_thread not in seen
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_exception_reaches_the_caller_and_the_thread_survives(backend: str) -> None:
+    async def main() -> int:
+        threads = DeviceThreads("t", 1)
+
+        def boom() -> int:
+            raise ValueError("bad batch")
+
+        with pytest.raises(ValueError, match="bad batch"):
+            await threads.run(boom)
+        value = await threads.run(lambda: 7)
+        threads.close()
+        return value
+
+    assert anyio.run(main, backend=backend) == 7
+
+
+def test_size_threads_run_jobs_at_once() -> None:
+    async def main() -> int:
+        threads = DeviceThreads("t", 2)
+        barrier = threading.Barrier(2, timeout=10)
+        results: list[int] = []
+
+        async def one(i: int) -> None:
+            results.append(await threads.run(lambda: barrier.wait() + 0 * i))
+
+        async with anyio.create_task_group() as tg:  # with one thread the barrier would time out
+            tg.start_soon(one, 0)
+            tg.start_soon(one, 1)
+        threads.close()
+        return len({t.ident for t in threads.threads})
+
+    assert anyio.run(main) == 2
+
+
+def test_cancelling_the_caller_waits_for_the_job() -> None:
+    async def main() -> tuple[bool, bool]:
+        threads = DeviceThreads("t", 1)
+        finished = threading.Event()
+
+        def slow() -> None:
+            time.sleep(0.3)
+            finished.set()
+
+        with anyio.move_on_after(0.05) as scope:
+            await threads.run(slow)
+        threads.close()
+        return scope.cancelled_caught, finished.is_set()
+
+    cancelled, finished = anyio.run(main)
+    assert cancelled and finished  # the cancel took effect only after the job was done
+
+
+def test_closed_threads_refuse_jobs_and_end() -> None:
+    async def main() -> DeviceThreads:
+        threads = DeviceThreads("t", 2)
+        await threads.run(lambda: None)
+        threads.close()
+        with pytest.raises(RuntimeError, match="closed"):
+            await threads.run(lambda: None)
+        return threads
+
+    threads = anyio.run(main)
+    for t in threads.threads:
+        t.join(timeout=5)
+        assert not t.is_alive()
+
+
+@pytest.mark.parametrize("size", [0, -1, 1.5, True])
+def test_bad_size_is_refused(size: object) -> None:
+    with pytest.raises(ValueError, match="size"):
+        DeviceThreads("t", size)  # type: ignore[arg-type]
