@@ -19,6 +19,7 @@ def tiny_config(model_dir: Any, **changes: Any) -> EngineConfig:
         context_tokens=160,
         max_new_tokens=6,
         question="What is the pass key?",
+        dtype="float32",  # tests compare numbers; "auto" picks bf16 on CPUs with AMX or AVX512-BF16
     )
     base.update(changes)
     return EngineConfig(**base)

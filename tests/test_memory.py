@@ -13,7 +13,9 @@ FILLER = "The grass is green. The sky is blue. The sun is yellow."
 
 
 def settings(model_dir, **changes):
-    base = dict(model=str(model_dir), devices=["cpu"], segment_tokens=32, store_segments=8, max_new_tokens=4)
+    base = dict(
+        model=str(model_dir), devices=["cpu"], segment_tokens=32, store_segments=8, max_new_tokens=4, dtype="float32"
+    )
     base.update(changes)
     return base
 

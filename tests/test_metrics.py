@@ -34,7 +34,9 @@ def test_latency_recorder_buckets_and_quantiles() -> None:
 
 
 async def test_engine_metrics_count_the_stream(tiny_model_dir, anyio_backend) -> None:
-    config = EngineConfig(model=str(tiny_model_dir), devices=["cpu"], segment_tokens=32, batch_size=4, batch_wait_ms=1)
+    config = EngineConfig(
+        model=str(tiny_model_dir), devices=["cpu"], segment_tokens=32, batch_size=4, batch_wait_ms=1, dtype="float32"
+    )
     async with Engine(config) as engine:
         before = engine.metrics()
         assert before.tokens_in == 0 and before.scoring_latency.count == 0 and before.alerts == 0
@@ -57,7 +59,9 @@ async def test_engine_metrics_count_the_stream(tiny_model_dir, anyio_backend) ->
 async def test_prometheus_export(tiny_model_dir, anyio_backend) -> None:
     prometheus_client = pytest.importorskip("prometheus_client")
     registry = prometheus_client.CollectorRegistry()
-    config = EngineConfig(model=str(tiny_model_dir), devices=["cpu"], segment_tokens=32, batch_size=4, batch_wait_ms=1)
+    config = EngineConfig(
+        model=str(tiny_model_dir), devices=["cpu"], segment_tokens=32, batch_size=4, batch_wait_ms=1, dtype="float32"
+    )
     async with Engine(config) as engine:
         collector = export_prometheus(engine, registry)
         await engine.process(["The grass is green. The sky is blue.\n" * 10])

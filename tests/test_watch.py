@@ -43,6 +43,7 @@ def config(model_dir, **changes) -> EngineConfig:
         batch_size=4,
         batch_wait_ms=1,
         max_new_tokens=4,
+        dtype="float32",  # scores are compared to 1e-4: bf16 (auto on AMX/AVX512-BF16 CPUs) is not that exact
     )
     base.update(changes)
     return EngineConfig(**base)
