@@ -28,3 +28,9 @@ def tiny_loaded(tiny_model_dir: Path):
 @pytest.fixture(params=["asyncio", "trio"])
 def anyio_backend(request: pytest.FixtureRequest) -> str:
     return request.param
+
+
+@pytest.fixture(scope="session")
+def tiny_reader_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A second tiny model whose tokenizer differs from ``tiny_model_dir``'s (other merges and ids)."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-reader") / "model", vocab_size=300, seed=1)

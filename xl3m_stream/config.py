@@ -38,8 +38,11 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     # --- models and devices -------------------------------------------------------
     model: str = DEFAULT_MODEL
     """Scoring model: the default alias, a local directory, a ``.gguf`` file, or a Hugging Face id."""
-    reader_model: str | None = None
-    """Model that writes answers; ``None`` reuses the scoring model (one copy in memory)."""
+    reader_model: str | None = "auto"
+    """Model that writes answers. ``"auto"``: the catalog's default reader (see
+    ``xl3m_stream.catalog.DEFAULT_READER``) when ``model`` is a catalog alias, else the scoring
+    model itself; ``None``: the scoring model (one copy in memory); or any name ``model`` takes.
+    The key context reaches the reader as text, so its tokenizer may differ from the scorer's."""
     devices: Annotated[list[str], Meta(min_length=1)] = msgspec.field(default_factory=lambda: ["auto"])
     """One model replica per entry: ``"cpu"``, ``"cuda:0"``, ...; ``"auto"`` = every CUDA device, else the CPU."""
     dtype: Dtype = "auto"
@@ -103,6 +106,10 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     user turn of the reader's chat template. ``auto``: chat for a question ending in "?" when the
     tokenizer has a template, plain for a cue to continue ("... The pass key is"); measured best
     for SmolLM2-135M-Instruct (docs/METHOD.md)."""
+    answer_style: Literal["short", "free"] = "short"
+    """``short``: a chat reader is asked for the answer alone, copied from the context (a name,
+    number, code or phrase), and stops at the end of its line; ``free``: the question as asked,
+    answered at the reader's length. Measured in docs/RESULTS.md (readers)."""
     reader_window: Annotated[int, Meta(ge=16)] | None = None
     """The reader's context window in tokens; ``None`` reads it from the model config."""
 
@@ -145,6 +152,8 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
             raise ConfigError("question: must not be empty (use None for the rolling window)")
         if not self.model.strip():
             raise ConfigError("model: must not be empty")
+        if self.reader_model is not None and not self.reader_model.strip():
+            raise ConfigError("reader_model: must not be empty (use None to read with the scoring model)")
         if self.stop is not None and any(not s for s in self.stop):
             raise ConfigError("stop: stop strings must not be empty")
         if self.state_dir is not None and (not self.state_dir.strip() or "\0" in self.state_dir):

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import catalog
 from .config import EngineConfig
 from .errors import ConfigError
 from .inference import Reader
@@ -89,11 +90,12 @@ class DevicePool:
                 trust_remote_code=config.trust_remote_code,
                 allow_download=config.allow_download,
             )
-            if config.reader_model is None:
+            reader = reader_spec(config)
+            if reader is None:
                 reading = scoring
             else:
                 reading = load(
-                    config.reader_model,
+                    reader,
                     device,
                     dtype=config.dtype,
                     trust_remote_code=config.trust_remote_code,
@@ -132,6 +134,18 @@ class DevicePool:
             torch.cuda.empty_cache()
 
 
+def reader_spec(config: EngineConfig) -> str | None:
+    """The model that reads for ``config``, or None when the scoring model reads itself."""
+    spec = config.reader_model
+    if spec == "auto":
+        scorer = catalog.find(config.model)
+        return catalog.DEFAULT_READER.alias if scorer is not None and scorer is not catalog.DEFAULT_READER else None
+    if spec is None or spec.strip() == config.model.strip():
+        return None
+    found, model = catalog.find(spec), catalog.find(config.model)
+    return None if found is not None and found is model else spec
+
+
 def _replica(index: int, scoring: LoadedModel, reading: LoadedModel, config: EngineConfig) -> Replica:
     window = config.reader_window or reading.window
     compiled = _maybe_compile(scoring, config)
@@ -143,7 +157,13 @@ def _replica(index: int, scoring: LoadedModel, reading: LoadedModel, config: Eng
         compiled=compiled,
     )
     try:
-        reader = Reader(reading.model, reading.tokenizer, window=window, prompt_style=config.reader_prompt)
+        reader = Reader(
+            reading.model,
+            reading.tokenizer,
+            window=window,
+            prompt_style=config.reader_prompt,
+            answer_style=config.answer_style,
+        )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     log.info("replica %d on %s: %s (%s)", index, scoring.device, scoring.name, scoring.dtype)

@@ -749,12 +749,18 @@ class Engine:
         if tail is not None and tail_scores is not None:
             candidates.append(StoreEntry(segment=tail, score=tail_scores[measure], question_id=key, scores=tail_scores))
         candidates.sort(key=rank_key, reverse=True)
-        remaining = budget - len(local_ids)
-        chosen = select_best(candidates, remaining, exclude_from=local_start if local_ids else None)
+        local_text = tokenizer.decode(local_ids) if local_ids else ""
+        remaining = max(0, budget - reader.count(local_text))
+        chosen = select_best(
+            candidates,
+            remaining,
+            exclude_from=local_start if local_ids else None,
+            cost=lambda e: reader.count(tokenizer.decode(list(e.segment.tokens))),
+        )
         rescored = len(mine)
         room = self.budget_for(q_text, max_new_tokens=max_new_tokens, whole_window=True)
         while True:
-            ctx, ids = assemble(
+            ctx = assemble(
                 chosen,
                 local_ids,
                 local_start,
@@ -762,28 +768,28 @@ class Engine:
                 question=q_text,
                 budget=budget,
                 stream_tokens=position,
+                count=reader.count,
             )
             if ctx.tokens <= room or not chosen:
                 break
             worst = min(chosen, key=rank_key)  # gap markers pushed it past the reader's window
             chosen = [e for e in chosen if e is not worst]
-        prompt = reader.prompt_ids(ids, q_text)
+        prompt = reader.prompt(ctx.text, q_text)
         return ctx, prompt, {"wait_s": waited, "rescore_s": rescore_s, "rescored": rescored}
 
     def budget_for(self, question: str, *, max_new_tokens: int | None = None, whole_window: bool = False) -> int:
-        """Tokens of key context an answer to ``question`` may use: ``context_tokens``, capped
-        by the reader's window minus the prompt, the question and the answer (``whole_window``:
-        that cap alone)."""
+        """Tokens of key context (in the reader's tokens) an answer to ``question`` may use:
+        ``context_tokens``, capped by the reader's window minus the prompt, the question and the
+        answer (``whole_window``: that cap alone)."""
         self._check_open()
         assert self._pool is not None
         reader = self._pool.first.reader
-        q_tokens = reader.question_tokens(question)
         max_new = max_new_tokens or self.config.max_new_tokens
-        room = reader.window - reader.overhead - q_tokens - len(reader.sep_ids) - max_new
+        room = reader.room(question, max_new)
         if room < 1:
             raise InputError(
-                f"question of {q_tokens} tokens + {max_new} answer tokens does not fit the reader's "
-                f"window of {reader.window} tokens"
+                f"question of {reader.question_tokens(question)} tokens + {max_new} answer tokens does not fit "
+                f"the reader's window of {reader.window} tokens"
             )
         return room if whole_window else min(self.config.context_tokens, room)
 
@@ -818,17 +824,25 @@ class Engine:
             ),
             key=lambda e: e.segment.seq,
         )
-        ctx, ids = assemble(
-            entries, [], 0, tokenizer=self._hf_tokenizer, question=question, budget=budget, stream_tokens=self._position
+        assert self._pool is not None
+        reader = self._pool.first.reader
+        ctx = assemble(
+            entries,
+            [],
+            0,
+            tokenizer=self._hf_tokenizer,
+            question=question,
+            budget=budget,
+            stream_tokens=self._position,
+            count=reader.count,
         )
-        content = sum(s.end - s.start for s in ctx.segments)
+        content = sum(reader.count(s.text) for s in ctx.segments)
         if content > budget or ctx.tokens > room:
             raise InputError(
-                f"the chosen segments take {content} tokens ({ctx.tokens} with gap markers); "
+                f"the chosen segments take {content} of the reader's tokens ({ctx.tokens} with gap markers); "
                 f"the budget is {budget}, the reader's window leaves {room}"
             )
-        assert self._pool is not None
-        prompt = self._pool.first.reader.prompt_ids(ids, question)
+        prompt = reader.prompt(ctx.text, question)
         pieces: list[str] = []
         first: float | None = None
         async for piece in self._generate(prompt, max_new_tokens, question):
@@ -1022,9 +1036,10 @@ class Engine:
             assert self._pool is not None
             reader = self._pool.first.reader
             max_new = self.config.max_new_tokens
-            room = reader.window - reader.overhead - reader.question_tokens(alert.question) - len(reader.sep_ids)
-            context = list(segment.tokens)[-max(0, room - max_new) :] if room > max_new else []
-            prompt = reader.prompt_ids(context, alert.question)
+            room = reader.room(alert.question, max_new)
+            context = reader.encode(alert.text)
+            context = context[-room:] if room > 0 else []  # the segment's end, where the reader can see it
+            prompt = reader.prompt(reader.decode(context), alert.question)
             pieces = [piece async for piece in self._generate(prompt, max_new, alert.question)]
             alert = msgspec.structs.replace(alert, explanation="".join(pieces).strip())
         except Exception as exc:  # the alert matters more than its explanation
@@ -1405,6 +1420,13 @@ class Engine:
         self._check_open()
         assert self._pool is not None
         return self._pool.first.reader.window
+
+    @property
+    def reader_name(self) -> str:
+        """Name of the model that writes the answers."""
+        self._check_open()
+        assert self._pool is not None
+        return self._pool.first.reader_model.name
 
     @property
     def model_name(self) -> str:

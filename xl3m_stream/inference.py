@@ -18,6 +18,7 @@ import torch
 
 from .scoring import SEPARATOR, bos_prefix
 from .store import StoreEntry
+from .tokenizer import data_tokenizer
 
 GAP = "\n[...]\n"
 """Marks text left out between two non-adjacent segments of the key context."""
@@ -59,13 +60,14 @@ def assemble(
     question: str,
     budget: int,
     stream_tokens: int,
-) -> tuple[KeyContext, list[int]]:
-    """Splice ``entries`` (stream order) and the local window into a key context and its ids.
+    count: Callable[[str], int],
+) -> KeyContext:
+    """Splice ``entries`` (stream order) and the local window into a key context.
 
     Overlapping tokens between consecutive pieces are kept once; a gap between pieces is
-    marked with :data:`GAP`. Returns the context record and its token ids (gap markers included).
+    marked with :data:`GAP`. The text is decoded with ``tokenizer`` (the scorer's: the stream's
+    ids are its ids); ``count`` measures it in the reader's tokens (``KeyContext.tokens``).
     """
-    gap_ids = list(tokenizer.encode(GAP, add_special_tokens=False))
     pieces: list[tuple[int, int, tuple[int, ...], ContextSegment]] = []
     for e in entries:
         s = e.segment
@@ -88,36 +90,65 @@ def assemble(
             )
         )
     pieces.sort(key=lambda p: (p[0], p[1]))
-    ids: list[int] = []
+    runs: list[list[int]] = []  # contiguous stretches of the stream, decoded whole (no split characters)
     out: list[ContextSegment] = []
     cursor: int | None = None  # stream offset just after the last token placed
     for start, end, tokens, info in pieces:
         if cursor is not None and end <= cursor:
             continue  # fully covered by what is already placed
         skip = 0
-        if cursor is not None:
-            if start > cursor:
-                ids.extend(gap_ids)
-            else:
-                skip = cursor - start
+        if cursor is None or start > cursor:
+            runs.append([])
+        else:
+            skip = cursor - start
         kept = list(tokens[skip:])
-        ids.extend(kept)
-        text = tokenizer.decode(kept, skip_special_tokens=False)
-        out.append(msgspec.structs.replace(info, start=start + skip, text=text))
+        runs[-1].extend(kept)
+        out.append(msgspec.structs.replace(info, start=start + skip, text=tokenizer.decode(kept)))
         cursor = end
-    text = tokenizer.decode(ids, skip_special_tokens=False) if ids else ""
-    ctx = KeyContext(
-        question=question, segments=out, text=text, tokens=len(ids), stream_tokens=stream_tokens, budget=budget
+    text = GAP.join(tokenizer.decode(run) for run in runs)
+    return KeyContext(
+        question=question,
+        segments=out,
+        text=text,
+        tokens=count(text) if text else 0,
+        stream_tokens=stream_tokens,
+        budget=budget,
     )
-    return ctx, ids
+
+
+SHORT_ANSWER_INSTRUCTION = (
+    "Answer the question using only the text above. Reply with the answer alone (the exact name, number, "
+    "code or phrase from the text), without explanation."
+)
+"""What a ``short`` answer asks of a chat reader, between the key context and the question."""
+
+_SENTINEL = "\x00xl3m-content\x00"
+"""Stands for the user's content while the chat template is rendered (then split off)."""
 
 
 class Reader:
-    """Generates answers from a key context with one causal LM on one device."""
+    """Generates answers from a key context with one causal LM on one device.
 
-    def __init__(self, model: Any, tokenizer: Any, *, window: int, prompt_style: str = "auto") -> None:
+    The key context arrives as *text* (decoded with the scorer's tokenizer) and is encoded
+    with this reader's own tokenizer, so scorer and reader may have different vocabularies.
+    Everything that came from the stream (the context, and the question) is encoded as data:
+    special-token strings in it stay plain text, so stream text cannot forge chat turns. Only
+    the chat template's own markup becomes control tokens.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        window: int,
+        prompt_style: str = "auto",
+        answer_style: str = "short",
+    ) -> None:
         if prompt_style not in ("auto", "plain", "chat"):
             raise ValueError(f"prompt_style must be 'auto', 'plain' or 'chat', got {prompt_style!r}")
+        if answer_style not in ("short", "free"):
+            raise ValueError(f"answer_style must be 'short' or 'free', got {answer_style!r}")
         has_template = bool(getattr(tokenizer, "chat_template", None))
         if prompt_style == "chat" and not has_template:
             raise ValueError("reader_prompt='chat' needs a tokenizer with a chat template")
@@ -127,6 +158,7 @@ class Reader:
         self.tokenizer = tokenizer
         self.window = window
         self.prompt_style = prompt_style
+        self.answer_style = answer_style
         self.device = next(model.parameters()).device
         eos = set()
         for source in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
@@ -135,47 +167,79 @@ class Reader:
             elif isinstance(source, (list, tuple)):
                 eos.update(int(x) for x in source)
         self.eos_ids = frozenset(eos)
-        self.sep_ids = list(tokenizer.encode(SEPARATOR, add_special_tokens=False))
+        self._data = data_tokenizer(tokenizer)
         self._bos = list(bos_prefix(tokenizer))
+        self._chat = self._chat_frame() if has_template else None
         # transformers renamed `past_key_values` to `cache`; pass whichever this model's forward takes
         params = inspect.signature(model.forward).parameters
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
-        self.overhead = max(len(self.prompt_ids([], q)) for q in ("", "?"))
-        """Prompt tokens besides the context and the question (the larger of the two styles)."""
+
+    # --- prompts -----------------------------------------------------------------------
+    def _chat_frame(self) -> tuple[list[int], list[int]]:
+        """The chat template's ids before and after a user turn's content (its markup only)."""
+        messages = [{"role": "user", "content": _SENTINEL}]
+        rendered = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        if not isinstance(rendered, str) or rendered.count(_SENTINEL) != 1:
+            raise ValueError("the reader's chat template does not place the user's content once, verbatim")
+        before, after = rendered.split(_SENTINEL)
+        encode = self.tokenizer.encode
+        return list(encode(before, add_special_tokens=False)), list(encode(after, add_special_tokens=False))
 
     def style_for(self, question: str) -> str:
         """``plain`` or ``chat`` for this question.
 
         ``auto`` uses the chat template for a real question (ending in "?") and a plain
         continuation for a cue that ends mid-sentence ("... The pass key is"), which the model
-        should simply continue. Measured on SmolLM2-135M-Instruct (docs/METHOD.md): chat was
-        better on needle and multi-key questions, plain on passkey cues.
+        should simply continue (docs/METHOD.md has the measurements).
         """
         if self.prompt_style != "auto":
             return self.prompt_style
-        return "chat" if question.rstrip().endswith("?") else "plain"
+        return "chat" if _is_question(question) else "plain"
 
     def stop_for(self, question: str) -> tuple[str, ...]:
-        """Stop strings when the config gives none: a plain continuation ends with its line."""
-        return ("\n",) if self.style_for(question) == "plain" else ()
+        """Stop strings when the config gives none: a short answer or a continuation ends with its line."""
+        if self.answer_style == "short" or self.style_for(question) == "plain":
+            return ("\n",)
+        return ()
 
-    def prompt_ids(self, context_ids: Sequence[int], question: str) -> list[int]:
-        """The reader's prompt for a key context (as ids) and a question."""
-        q_ids = self.tokenizer.encode(question, add_special_tokens=False)
-        if self.style_for(question) == "plain":
-            sep = self.sep_ids if context_ids else []
-            return self._bos + list(context_ids) + sep + list(q_ids)
-        # chat: the context text goes into the user turn; re-tokenising it is exact enough here
-        context = self.tokenizer.decode(list(context_ids)) if context_ids else ""
-        content = f"{context}{SEPARATOR}{question}" if context else question
-        messages = [{"role": "user", "content": content}]
-        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
-            ids = ids["input_ids"]
-        return [int(i) for i in ids]
+    def encode(self, text: str) -> list[int]:
+        """``text`` in this reader's tokens, as data (special-token strings stay text)."""
+        return self._data.encode(text, add_special_tokens=False).ids if text else []
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=False)
+
+    def count(self, text: str) -> int:
+        """How many of this reader's tokens ``text`` takes (what the key-context budget counts)."""
+        return len(self.encode(text))
+
+    def content(self, context: str, question: str) -> str:
+        """The text the reader is given: the key context and the question, framed for the style."""
+        style = self.style_for(question)
+        if style == "chat":
+            body = f"{SHORT_ANSWER_INSTRUCTION}\n\nQuestion: {question}" if self.answer_style == "short" else question
+        elif _is_question(question):  # plain text, a real question: a base model continues "Answer:"
+            body = f"Question: {question}\nAnswer:"
+        else:  # a cue to continue ("... The pass key is")
+            body = question
+        return f"{context}{SEPARATOR}{body}" if context else body
+
+    def prompt(self, context: str, question: str) -> list[int]:
+        """The reader's prompt ids for a key context (text) and a question."""
+        data = self.encode(self.content(context, question))
+        if self.style_for(question) == "chat":
+            assert self._chat is not None
+            before, after = self._chat
+            return before + data + after
+        return self._bos + data
+
+    def room(self, question: str, max_new_tokens: int) -> int:
+        """Tokens left for the key context in the window, after the prompt's frame, the question
+        and the answer (a few tokens are kept back: text joined at the separator may merge)."""
+        return self.window - max_new_tokens - len(self.prompt("", question)) - self.count(SEPARATOR) - 2
 
     def question_tokens(self, question: str) -> int:
-        return len(self.tokenizer.encode(question, add_special_tokens=False))
+        return self.count(question)
 
     @torch.inference_mode()
     def generate(
@@ -235,6 +299,11 @@ class Reader:
         text = self.tokenizer.decode(produced, skip_special_tokens=True)
         if len(text) > len(emitted) and text.startswith(emitted):
             yield text[len(emitted) :]
+
+
+def _is_question(text: str) -> bool:
+    """A real question (ends in "?"), not a cue for the model to continue."""
+    return text.rstrip().endswith("?")
 
 
 def _stop_index(text: str, stop: Sequence[str]) -> int | None:

@@ -22,7 +22,7 @@ per question and mutates it from one task at a time.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import msgspec
 from sortedcontainers import SortedDict, SortedList
@@ -107,13 +107,19 @@ def _check_details(details: Mapping[str, float] | None, what: str) -> dict[str, 
 
 
 def select_best(
-    ranked: Iterable[StoreEntry], budget_tokens: int, *, exclude_from: int | None = None
+    ranked: Iterable[StoreEntry],
+    budget_tokens: int,
+    *,
+    exclude_from: int | None = None,
+    cost: Callable[[StoreEntry], int] | None = None,
 ) -> list[StoreEntry]:
     """Greedy key-context selection over entries given best-first; result in stream order.
 
     An entry that does not fit in what is left of the budget is skipped and smaller, less
-    relevant ones are still tried. Used by :meth:`SegmentStore.select`, and by the engine to
-    consider a provisional entry (the stream's unsegmented tail) beside the stored ones.
+    relevant ones are still tried. ``cost``: what an entry takes from the budget (default its
+    segment's ``n_tokens``; the engine counts the reader's tokens of its text). Used by
+    :meth:`SegmentStore.select`, and by the engine to consider a provisional entry (the
+    stream's unsegmented tail) beside the stored ones.
     """
     if isinstance(budget_tokens, bool) or not isinstance(budget_tokens, int) or budget_tokens < 0:
         raise ValueError(f"budget_tokens must be an int >= 0, got {budget_tokens!r}")
@@ -124,10 +130,10 @@ def select_best(
             break
         if exclude_from is not None and entry.segment.start >= exclude_from:
             continue
-        cost = entry.segment.n_tokens
-        if cost <= left:
+        take = entry.segment.n_tokens if cost is None else cost(entry)
+        if take <= left:
             chosen.append(entry)
-            left -= cost
+            left -= take
     chosen.sort(key=lambda e: e.segment.seq)
     return chosen
 

@@ -50,14 +50,18 @@ def build_tiny_model(
     kv_heads: int = 2,
     window: int = TINY_WINDOW,
     seed: int = 0,
+    vocab_size: int = 512,
 ) -> Path:
-    """Write a tiny random Llama-shaped model and its tokenizer to ``path``; return the path."""
+    """Write a tiny random Llama-shaped model and its tokenizer to ``path``; return the path.
+
+    ``vocab_size`` changes the tokenizer's merges and ids: two tiny models of different sizes
+    stand for a scorer and a reader whose vocabularies differ."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
-    tok = build_tiny_tokenizer()
+    tok = build_tiny_tokenizer(vocab_size)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token="<|im_start|>",

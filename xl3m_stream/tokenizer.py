@@ -61,7 +61,14 @@ from typing import Literal
 import msgspec
 from tokenizers import Encoding, Tokenizer
 
-__all__ = ["CONTEXT_CHARS", "MIN_PENDING_CHARS", "IncrementalTokenizer", "TokenizerState", "backend_tokenizer"]
+__all__ = [
+    "CONTEXT_CHARS",
+    "MIN_PENDING_CHARS",
+    "IncrementalTokenizer",
+    "TokenizerState",
+    "backend_tokenizer",
+    "data_tokenizer",
+]
 
 _MARGIN = 32
 """Characters that must follow a candidate cut before it is trusted (and verification context)."""
@@ -110,6 +117,13 @@ def backend_tokenizer(tokenizer: object) -> Tokenizer:
         f"'.backend_tokenizer'), got {type(tokenizer).__module__}.{type(tokenizer).__qualname__}; "
         "load a fast tokenizer (AutoTokenizer.from_pretrained(..., use_fast=True))"
     )
+
+
+def data_tokenizer(tokenizer: object) -> Tokenizer:
+    """A private copy of ``tokenizer``'s backend that encodes text as data, never as control:
+    special-token strings (``<|im_start|>``...) in it become ordinary text tokens, and no
+    BOS/EOS is added. Use it for anything that came from a stream."""
+    return _private_copy(backend_tokenizer(tokenizer))
 
 
 def _private_copy(backend: Tokenizer) -> Tokenizer:
