@@ -87,7 +87,11 @@ def _parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="measure accuracy and selection on generated long-context tasks")
     ev.add_argument(
-        "--task", action="append", dest="tasks", help="passkey, needle, multikey, multivalue, vartrack, logs"
+        "--task",
+        action="append",
+        dest="tasks",
+        help="passkey, needle, multikey, multivalue, vartrack, logs; "
+        "on real text: prose-lexical, prose-paraphrase, log-real",
     )
     ev.add_argument("--length", action="append", dest="lengths", type=int, help="stream length in tokens (repeatable)")
     ev.add_argument("--samples", type=int, default=5, help="samples per task and length (default 5)")
@@ -95,6 +99,13 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--depth", action="append", dest="depths", type=float, help="needle depths to cycle (0..1)")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--haystack", action="append", default=[], metavar="FILE", help="prose files for the haystack")
+    ev.add_argument(
+        "--corpus",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="real text for the real-text tasks (.txt, .md, .log, .gz; default: this machine's manuals and logs)",
+    )
     ev.add_argument("--scoring-question-tokens", type=int, help="score with the last N tokens of stream+question")
     ev.add_argument("--json", action="store_true", help="print one JSON object with the results")
     ev.add_argument("--report", metavar="DIR", help="also write results.json, results.md and PNG heatmaps here")
@@ -653,10 +664,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         seed=args.seed,
         depths=args.depths,
         haystack_files=args.haystack,
+        corpus=args.corpus,
         scoring_question_tokens=args.scoring_question_tokens,
         engine=_config(args),
     )
-    for f in cfg.haystack_files:
+    for f in [*cfg.haystack_files, *cfg.corpus]:
         _check_input_file(f)
     show = _want_progress(args)
 

@@ -57,7 +57,8 @@ def _names_distractor(answer: str, distractors: Sequence[str]) -> bool:
 def score_answer(sample: Sample, answer: str, *, strict: bool = False) -> float:
     """Score in [0, 1] of ``answer`` for ``sample``, by task.
 
-    passkey: :func:`first_int_match`; needle, multikey, logs: :func:`substring_match`;
+    passkey: :func:`first_int_match`; needle, multikey, logs and the real-text tasks:
+    :func:`substring_match`;
     multivalue, vartrack: :func:`string_match_all`. With ``strict=True`` an answer that also
     names one of ``sample.meta["distractors"]`` (as a whole word: another key's value,
     another chain's variable, another service) scores 0, so that listing every candidate
@@ -66,7 +67,7 @@ def score_answer(sample: Sample, answer: str, *, strict: bool = False) -> float:
     task = sample.task
     if task == "passkey":
         score = float(first_int_match(answer, sample.answers[0]))
-    elif task in ("needle", "multikey", "logs"):
+    elif task in ("needle", "multikey", "logs", "prose-lexical", "prose-paraphrase", "log-real"):
         score = float(any(substring_match(answer, e) for e in sample.answers))
     elif task in ("multivalue", "vartrack"):
         score = string_match_all(answer, sample.answers)

@@ -39,7 +39,8 @@ from .baselines import (
     select_truncate,
 )
 from .metrics import contains_evidence, evidence_rank, score_answer
-from .tasks import TASKS, Sample, make_sample
+from .realtext import corpus_identity, default_corpus
+from .tasks import REAL_TASKS, TASKS, Sample, make_sample
 
 LM_MEASURES = ("entropy", "nll", "gain", "tgain")
 METHODS = (
@@ -71,6 +72,9 @@ class EvalConfig(msgspec.Struct, frozen=True, kw_only=True):
     depths: list[float] | None = None
     """Depths to cycle through (sample i gets depths[i % len]); None: drawn from the seed."""
     haystack_files: list[str] = msgspec.field(default_factory=list)
+    """Prose files for the generated needle tasks (default: procedural prose)."""
+    corpus: list[str] = msgspec.field(default_factory=list)
+    """Real text for the real-text tasks (default: the manuals and logs found on this machine)."""
     scoring_question_tokens: int | None = None
     """Score with the last N tokens of (stream + question) instead of the question alone (the
     paper's "question = the last tokens of the input"); None: the question itself."""
@@ -133,6 +137,9 @@ class Report(msgspec.Struct, kw_only=True):
     results: list[ResultRow]
     samples: list[SampleResult]
     seconds: float
+    reader: str = ""
+    corpora: dict[str, Any] = {}
+    """For each real-text task: the corpus files and the SHA-256 of their text."""
 
 
 ProgressFn = Callable[[str], None]
@@ -146,14 +153,15 @@ async def run_eval(cfg: EvalConfig, *, progress: ProgressFn | None = None) -> Re
     started = time.perf_counter()
     out: list[SampleResult] = []
     engine_cfg = cfg.engine.replace(store_segments=max(cfg.engine.store_segments, 1))
-    model_name, window = "", 0
+    model_name, window, reader = "", 0, ""
+    corpora = {task: corpus_identity(_corpus(task, cfg)) for task in cfg.tasks if task in REAL_TASKS}
     for task in cfg.tasks:
         for length in cfg.lengths:
             for i in range(cfg.samples):
                 seed = cfg.seed * 1_000_003 + i
                 depth = cfg.depths[i % len(cfg.depths)] if cfg.depths else None
                 async with Engine(engine_cfg) as engine:
-                    model_name, window = engine.model_name, engine.reader_window
+                    model_name, window, reader = engine.model_name, engine.reader_window, engine.reader_name
                     sample = _sample(engine, task, length, seed, depth, cfg)
                     say(f"{task} {length:,} tokens, sample {i + 1}/{cfg.samples} (depth {sample.depth:.2f})")
                     out.extend(await _evaluate_sample(engine, sample, cfg, say))
@@ -166,7 +174,14 @@ async def run_eval(cfg: EvalConfig, *, progress: ProgressFn | None = None) -> Re
         results=rows,
         samples=out,
         seconds=time.perf_counter() - started,
+        reader=reader,
+        corpora=corpora,
     )
+
+
+def _corpus(task: str, cfg: EvalConfig) -> list[str]:
+    """The corpus files a real-text task reads: the configured ones, else the machine's own."""
+    return list(cfg.corpus) or default_corpus("log" if task == "log-real" else "prose")
 
 
 def _sample(engine: Any, task: str, length: int, seed: int, depth: float | None, cfg: EvalConfig) -> Sample:
@@ -175,9 +190,8 @@ def _sample(engine: Any, task: str, length: int, seed: int, depth: float | None,
     def count(text: str) -> int:
         return len(tokenizer.encode(text, add_special_tokens=False))
 
-    return make_sample(
-        task, length=length, seed=seed, depth=depth, count_tokens=count, haystack_files=cfg.haystack_files
-    )
+    files = _corpus(task, cfg) if task in REAL_TASKS else cfg.haystack_files
+    return make_sample(task, length=length, seed=seed, depth=depth, count_tokens=count, haystack_files=files)
 
 
 def cut_segments(tokenizer: Any, text: str, config: EngineConfig) -> list[Segment]:

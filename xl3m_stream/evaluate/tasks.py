@@ -26,6 +26,7 @@ is what occurs once.
 from __future__ import annotations
 
 import bisect
+import functools
 import itertools
 import random
 from collections.abc import Callable, Iterator, Sequence
@@ -35,6 +36,7 @@ from typing import Any
 import msgspec
 
 from . import haystack as hs
+from . import realtext
 
 
 class Sample(msgspec.Struct, frozen=True, kw_only=True):
@@ -58,7 +60,11 @@ class Sample(msgspec.Struct, frozen=True, kw_only=True):
     meta: dict[str, Any] = {}
 
 
-TASKS: tuple[str, ...] = ("passkey", "needle", "multikey", "multivalue", "vartrack", "logs")
+GENERATED_TASKS: tuple[str, ...] = ("passkey", "needle", "multikey", "multivalue", "vartrack", "logs")
+"""Tasks whose haystack is generated in code (seeded)."""
+REAL_TASKS: tuple[str, ...] = ("prose-lexical", "prose-paraphrase", "log-real")
+"""Tasks on real text (:mod:`~xl3m_stream.evaluate.realtext`): haystacks no one here wrote."""
+TASKS: tuple[str, ...] = (*GENERATED_TASKS, *REAL_TASKS)
 """Every task :func:`make_sample` knows."""
 
 PASSKEY_HEADER = (
@@ -240,7 +246,8 @@ def make_sample(
     ``depth`` (0..1) places the main evidence; ``None`` draws it from the seed. ``count_tokens``
     is the tokenizer of the model under test (e.g. ``lambda s: len(tok.encode(s))``).
     ``haystack_files`` replaces the procedural prose of the needle, multikey, multivalue and
-    vartrack tasks with the sentences of those text files (repeated as needed).
+    vartrack tasks with the sentences of those text files (repeated as needed); for the
+    real-text tasks it is the corpus (default: :func:`~xl3m_stream.evaluate.realtext.default_corpus`).
     """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
@@ -251,7 +258,7 @@ def make_sample(
     rng = random.Random(f"xl3m-eval/{task}/{seed}")
     if depth is None:
         depth = rng.random()
-    builder = _BUILDERS[task]
+    builder = functools.partial(_real_text, task, seed=seed) if task in REAL_TASKS else _BUILDERS[task]
     for _attempt in range(8):
         spec = builder(rng, depth, haystack_files)
         context, tokens, counts = _build(
@@ -514,3 +521,62 @@ _BUILDERS: dict[str, Callable[[random.Random, float, Sequence[str]], _Spec]] = {
     "vartrack": _vartrack,
     "logs": _logs,
 }
+
+
+def _rotated(units: Iterator[str], rng: random.Random, period: int = 4096) -> Iterator[str]:
+    """``units`` (an endless corpus) from a random one of its first ``period`` units on, so
+    samples with different seeds cut different haystacks from one corpus."""
+    return itertools.islice(units, rng.randrange(period), None)
+
+
+def _real_text(task: str, rng: random.Random, depth: float, files: Sequence[str], *, seed: int) -> _Spec:
+    """A needle with a random answer in a haystack of real text (see :mod:`realtext`).
+
+    The template is ``seed`` modulo the number of templates, so consecutive seeds use
+    different needles and questions.
+    """
+    data = realtext.templates()
+    if task == "log-real":
+        corpus = list(files) or realtext.default_corpus("log")
+        t = data["log"][seed % len(data["log"])]
+        fields = realtext.random_fields(rng)
+        value = fields[t["answer"]]
+        plain = realtext.fill_log_lines(t["lines"], fields, None)
+        line = next(x for x in plain.split("\n") if value in x)
+        marker = line[max(0, line.index(value) - 40) :]  # the answer's line, from shortly before the answer
+
+        def lines(before: str | None) -> str:
+            return realtext.fill_log_lines(t["lines"], fields, before)
+
+        return _Spec(
+            header="",
+            units=_rotated(realtext.log_units(corpus), rng),
+            inserts=[_Insert(depth, lines)],
+            question=t["question"],
+            answers=[value],
+            evidence=["\x00" + marker],
+            keys=[value],
+            needles=[plain],
+            unique=[value],
+            meta={"template": seed % len(data["log"]), "corpus": corpus, "field": t["answer"]},
+            sep="\n",
+            line=True,
+        )
+    corpus = list(files) or realtext.default_corpus("prose")
+    t = data["prose"][seed % len(data["prose"])]
+    code = hs.random_code(rng, 8)
+    needle = t["needle"].format(code=code)
+    style = "lexical" if task == "prose-lexical" else "paraphrase"
+    return _Spec(
+        header="",
+        units=_rotated(realtext.prose_units(corpus), rng),
+        inserts=[_Insert(depth, needle)],
+        question=t[style],
+        answers=[code],
+        evidence=[needle],
+        keys=[code],
+        needles=[needle],
+        unique=[code],
+        meta={"template": seed % len(data["prose"]), "corpus": corpus, "question_style": style},
+        sep="\n\n",
+    )
