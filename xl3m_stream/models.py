@@ -192,7 +192,7 @@ def _convert(gguf: Path, target: Path, dtype: str) -> None:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    log.info("converting %s to %s safetensors in %s (once)", gguf.name, dtype, target)
+    log.warning("converting %s to %s safetensors in %s (once; a minute or two)", gguf.name, dtype, target)
     tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
     try:
         try:
@@ -253,7 +253,7 @@ def local_dir(source: ModelSource, *, dtype: Any = None, allow_download: bool = 
     """A path or hub id that ``from_pretrained`` can load (converting GGUF files first, into
     ``dtype``; None: any conversion already cached, else the CPU's choice)."""
     if source.kind in ("gguf", "catalog"):
-        return _converted(source, _dtype_name(dtype) if dtype is not None else _cached_or_default_dtype(source))
+        return _converted(source, dtype_name(dtype) if dtype is not None else _cached_or_default_dtype(source))
     if source.kind == "hub":
         return _hub_snapshot(source, allow_download=allow_download)
     return source.location
@@ -297,7 +297,7 @@ def pick_dtype(device: Any, requested: str) -> Any:
     return torch.float32
 
 
-def _dtype_name(dtype: Any) -> str:
+def dtype_name(dtype: Any) -> str:
     """``torch.bfloat16`` -> ``"bfloat16"`` (names pass through)."""
     name = dtype if isinstance(dtype, str) else str(dtype).removeprefix("torch.")
     if name not in _DTYPE_NAMES:
@@ -314,7 +314,7 @@ def _cached_or_default_dtype(source: ModelSource) -> str:
             return name
     import torch
 
-    return _dtype_name(pick_dtype(torch.device("cpu"), "auto"))
+    return dtype_name(pick_dtype(torch.device("cpu"), "auto"))
 
 
 def _cpu_has_fast_bf16() -> bool:
