@@ -60,7 +60,7 @@ def test_a_wrong_chunk_is_refused_by_the_pinned_hash(tmp_path, monkeypatch) -> N
     entry = _entry("xlbad_part", 2, hashlib.sha256(b"abcd").hexdigest())
     work = tmp_path / "work"
     work.mkdir()
-    with pytest.raises(ModelLoadError, match="pinned SHA-256.*--force-reinstall"):
+    with pytest.raises(ModelLoadError, match=r"pinned SHA-256.*--force-reinstall"):
         models._assemble(entry, catalog.locate(entry), work)
 
 
