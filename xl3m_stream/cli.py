@@ -121,6 +121,11 @@ def _engine_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--config", metavar="FILE", help="engine settings from a .toml or .json file")
     g.add_argument("--device", action="append", dest="devices", metavar="DEV", help="cpu, cuda:0, ... (repeatable)")
     g.add_argument("--measure", choices=["entropy", "nll", "gain", "tgain"], help="relevance measure")
+    g.add_argument(
+        "--relevance",
+        metavar="SIGNALS",
+        help="relevance signals, comma-separated: certainty (always), lexical, dense (default: all three)",
+    )
     g.add_argument("--segment-tokens", type=int, help="tokens per segment")
     g.add_argument("--context-tokens", type=int, help="key-context budget in tokens")
     g.add_argument("--max-new-tokens", type=int, help="most answer tokens")
@@ -142,6 +147,7 @@ def _config(args: argparse.Namespace, **extra: Any) -> Any:
         "reader_model": args.reader_model,
         "devices": args.devices,
         "measure": args.measure,
+        "relevance": [x.strip() for x in args.relevance.split(",") if x.strip()] if args.relevance else None,
         "segment_tokens": args.segment_tokens,
         "context_tokens": args.context_tokens,
         "max_new_tokens": args.max_new_tokens,

@@ -71,6 +71,14 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     """An explicit question longer than this (in tokens) is refused with a clear error."""
     measure: Measure = "nll"
     """Relevance measure: ``entropy`` (the paper), ``nll``, ``gain`` or ``tgain`` (contrastive). See docs/METHOD.md."""
+    relevance: Annotated[list[Literal["certainty", "lexical", "dense"]], Meta(min_length=1)] = msgspec.field(
+        default_factory=lambda: ["certainty", "lexical", "dense"]
+    )
+    """Relevance signals: the model's ``certainty`` (always on: it is the method), ``lexical``
+    (BM25 over the stream, running document frequencies) and ``dense`` (sentence-embedding
+    similarity, all-MiniLM-L6-v2). With an explicit question each arriving segment is ranked by
+    its strongest signal (z-scores against their running distributions); at ``ask`` the
+    candidates' signals are fused by rank. See docs/METHOD.md, "Fused relevance"."""
     tgain_top: Annotated[int, Meta(ge=1, le=1024)] = 3
     """``tgain``: how many of the question's tokens with the largest gain are averaged."""
     batch_size: Annotated[int, Meta(ge=1, le=4096)] = 8
@@ -154,6 +162,8 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
             raise ConfigError("model: must not be empty")
         if self.reader_model is not None and not self.reader_model.strip():
             raise ConfigError("reader_model: must not be empty (use None to read with the scoring model)")
+        if "certainty" not in self.relevance or len(set(self.relevance)) != len(self.relevance):
+            raise ConfigError(f"relevance: must hold 'certainty' and each signal once, got {self.relevance}")
         if self.stop is not None and any(not s for s in self.stop):
             raise ConfigError("stop: stop strings must not be empty")
         if self.state_dir is not None and (not self.state_dir.strip() or "\0" in self.state_dir):

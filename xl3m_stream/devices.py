@@ -13,6 +13,7 @@ from typing import Any
 
 from . import catalog
 from .config import EngineConfig
+from .embedding import Embedder
 from .errors import ConfigError
 from .inference import Reader
 from .models import LoadedModel, load
@@ -31,6 +32,8 @@ class Replica:
     reader: Reader
     scoring_model: LoadedModel
     reader_model: LoadedModel
+    embedder: Embedder | None = None
+    """The dense relevance signal's embedder on this device (None: ``dense`` is off)."""
     inflight: int = 0
     batches: int = 0
     failures: int = 0
@@ -166,8 +169,9 @@ def _replica(index: int, scoring: LoadedModel, reading: LoadedModel, config: Eng
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    embedder = Embedder(device=str(scoring.device)).load() if "dense" in config.relevance else None
     log.info("replica %d on %s: %s (%s)", index, scoring.device, scoring.name, scoring.dtype)
-    return Replica(index, scoring.device, scorer, reader, scoring, reading)
+    return Replica(index, scoring.device, scorer, reader, scoring, reading, embedder=embedder)
 
 
 def _maybe_compile(loaded: LoadedModel, config: EngineConfig) -> Any:

@@ -49,6 +49,7 @@ from .events import (
 from .inference import ContextSegment, KeyContext, assemble
 from .metrics import LatencyRecorder, Metrics
 from .models import wrap
+from .relevance import SIGNALS, ArrivalFusion, LexicalIndex, cosine, reciprocal_rank_fusion, term_counts, words
 from .monitor import (
     DEFAULT_COOLDOWN,
     DEFAULT_MIN_OVERLAP,
@@ -230,6 +231,18 @@ class Engine:
         self._explained = anyio.Event()
         self._alerts_total = 0
         self._latency = LatencyRecorder()
+        # fused relevance: the stream's running BM25 and the dense embeddings (relevance.py)
+        self._lexical = LexicalIndex() if "lexical" in cfg.relevance else None
+        self._embedders = (
+            {r.index: r.embedder for r in self._pool.replicas if r.embedder is not None}
+            if "dense" in cfg.relevance
+            else None
+        )
+        self._fused = self._lexical is not None or self._embedders is not None
+        self._fusion = ArrivalFusion([s for s in SIGNALS if s in cfg.relevance or s == "certainty"])
+        self._fusion_key: int | None = None
+        self._vectors: dict[int, Any] = {}  # seq -> embedding, for segments in the store
+        self._question_vectors: OrderedDict[str, Any] = OrderedDict()
         if cfg.question is not None:
             self._explicit = self._encode_scoring_question(cfg.question)
         self._tg = anyio.create_task_group()
@@ -526,12 +539,14 @@ class Engine:
                 )
                 return
             key = self._question_key(q_ids)
-            measure = self.config.measure
             now = time.time()
-            for seg, scores in zip(segments, results):
-                score = scores[measure]
-                if not math.isfinite(score):
-                    score = -1e30
+            texts = self._count_terms(segments)
+            question = self._explicit_text(q_ids)
+            if question is not None and key != self._fusion_key:  # a new question: new scales
+                self._fusion.reset()
+                self._fusion_key = key
+            arrivals = await self._arrival_scores(segments, results, question, texts, self._fusion)
+            for seg, (score, scores) in zip(segments, arrivals):
                 self._emit(
                     SegmentScored(
                         time=now, seq=seg.seq, start=seg.start, end=seg.end, score=score, scores=scores, question_id=key
@@ -543,6 +558,7 @@ class Engine:
                     self._emit(SegmentEvicted(time=now, seq=s.seq, start=s.start, end=s.end, score=gone.score))
                 if offer.kept:
                     self._emit(SegmentKept(time=now, seq=seg.seq, start=seg.start, end=seg.end, score=score))
+            self._prune_vectors()
             self._check_watches(segments, watched)
             if self._not_scored is not None:
                 self._mark_scored(segments)
@@ -555,6 +571,106 @@ class Engine:
             self._inflight -= 1
             self._slots.release()
             self._notify_progress()
+
+    # ------------------------------------------------------------------ fused relevance (relevance.py)
+    def _count_terms(self, segments: list[Segment]) -> list[str] | None:
+        """Count arriving segments into the stream's running document frequencies; their texts."""
+        if self._lexical is None and self._embedders is None:
+            return None
+        texts = [self._hf_tokenizer.decode(list(seg.tokens)) for seg in segments]
+        if self._lexical is not None:
+            for text in texts:
+                self._lexical.add(term_counts(text))
+        return texts
+
+    def _explicit_text(self, q_ids: tuple[int, ...]) -> str | None:
+        """The explicit question the ids belong to (None: a rolling window)."""
+        if self._explicit is not None and self._explicit[1] == q_ids:
+            return self._explicit[0]
+        return None
+
+    async def _arrival_scores(
+        self,
+        segments: list[Segment],
+        results: list[dict[str, float]],
+        question: str | None,
+        texts: list[str] | None,
+        fusion: ArrivalFusion,
+    ) -> list[tuple[float, dict[str, float]]]:
+        """Each segment's arrival score and its signals (docs/METHOD.md, "Fused relevance").
+
+        Against an explicit question with other signals on, the score is the largest z-score of
+        the signals (:class:`~xl3m_stream.relevance.ArrivalFusion`); otherwise the measure.
+        """
+        measure = self.config.measure
+        if texts is None or question is None:
+            return [(_finite(r[measure]), r) for r in results]
+        extra: list[dict[str, float]] = [{} for _ in segments]
+        if self._lexical is not None:
+            terms = words(question)
+            for row, text in zip(extra, texts):
+                row["bm25"] = self._lexical.score(terms, term_counts(text))
+        if self._embedders is not None:
+            vectors = await self._embed(texts)
+            for seg, vector in zip(segments, vectors):
+                self._vectors[seg.seq] = vector
+            sims = cosine(await self._question_vector(question), vectors)
+            for row, sim in zip(extra, sims):
+                row["dense"] = sim
+        out = []
+        for r, row in zip(results, extra):
+            scores = {**r, **row}
+            signals = {"certainty": _finite(r[measure])}
+            if "bm25" in row:
+                signals["lexical"] = row["bm25"]
+            if "dense" in row:
+                signals["dense"] = row["dense"]
+            out.append((fusion.score(signals), scores))
+        return out
+
+    async def _embed(self, texts: list[str]) -> Any:
+        """Embeddings of ``texts`` on a replica's own threads (the embedder is torch code)."""
+        assert self._pool is not None and self._embedders is not None
+        replica = self._pool.pick() or self._pool.first
+        embedder = self._embedders[replica.index]
+        return await self._score_threads[replica.index].run(lambda: embedder.encode_segments(texts))
+
+    async def _question_vector(self, question: str) -> Any:
+        vector = self._question_vectors.get(question)
+        if vector is None:
+            vector = (await self._embed([question]))[0]
+            self._question_vectors[question] = vector
+            if len(self._question_vectors) > 64:
+                self._question_vectors.popitem(last=False)
+        else:
+            self._question_vectors.move_to_end(question)
+        return vector
+
+    def _prune_vectors(self) -> None:
+        """Keep embeddings only for segments the store holds (bounded with the store)."""
+        if len(self._vectors) > 2 * len(self._store) + 64:
+            self._vectors = {seq: v for seq, v in self._vectors.items() if seq in self._store}
+
+    async def _fuse_candidates(self, candidates: list[StoreEntry], question: str) -> list[StoreEntry]:
+        """Every signal against the asked question for each candidate, fused by rank (RRF)."""
+        measure = self.config.measure
+        lists = [[(e.scores or {}).get(measure, e.score) for e in candidates]]
+        texts = [self._hf_tokenizer.decode(list(e.segment.tokens)) for e in candidates]
+        if self._lexical is not None:
+            terms = words(question)
+            lists.append([self._lexical.score(terms, term_counts(t)) for t in texts])
+        if self._embedders is not None:
+            missing = [i for i, e in enumerate(candidates) if e.segment.seq not in self._vectors]
+            fresh = await self._embed([texts[i] for i in missing]) if missing else []
+            vectors = {candidates[i].segment.seq: v for i, v in zip(missing, fresh)}
+            for seq, v in vectors.items():
+                if seq in self._store:
+                    self._vectors[seq] = v
+            rows = [self._vectors.get(e.segment.seq, vectors.get(e.segment.seq)) for e in candidates]
+            q = await self._question_vector(question)
+            lists.append([float(row @ q) for row in rows])
+        fused = reciprocal_rank_fusion(lists)
+        return [msgspec.structs.replace(e, score=f) for e, f in zip(candidates, fused)]
 
     async def _score(self, segments: list[Segment], q_ids: tuple[int, ...]) -> list[dict[str, float]]:
         """Score against one question (see :meth:`_score_many`)."""
@@ -735,7 +851,9 @@ class Engine:
         measure = cfg.measure
         present = {seq: r for seq, r in mine.items() if seq in self._store}
         if present:
-            self._store.rescore({seq: r[measure] for seq, r in present.items()}, question_id=key, details=present)
+            # fused: the store keeps ranking by arrival scores; the details now hold this question's
+            ranked = {seq: self._store.get(seq).score if self._fused else r[measure] for seq, r in present.items()}
+            self._store.rescore(ranked, question_id=key, details=present)
         rescore_s = time.perf_counter() - rescore_started
 
         candidates = []
@@ -748,6 +866,8 @@ class Engine:
             candidates.append(e)
         if tail is not None and tail_scores is not None:
             candidates.append(StoreEntry(segment=tail, score=tail_scores[measure], question_id=key, scores=tail_scores))
+        if self._fused and candidates:
+            candidates = await self._fuse_candidates(candidates, q_text)
         candidates.sort(key=rank_key, reverse=True)
         local_text = tokenizer.decode(local_ids) if local_ids else ""
         remaining = max(0, budget - reader.count(local_text))
@@ -1339,13 +1459,15 @@ class Engine:
         async with self._intake:
             horizon, upto = self._segmenter.next_seq, self._state.records  # what the log holds now
         fresh = SegmentStore(cfg.store_segments, cfg.store_tokens)
+        fusion = ArrivalFusion(self._fusion.signals)
         segments = LogReader(self._state.path, upto_records=upto).segments()
         scanned = 0
         while batch := await anyio.to_thread.run_sync(_next_records, segments, cfg.batch_size):
             results = await self._score(batch, q_ids)
-            for seg, scores in zip(batch, results):
-                score = scores[cfg.measure]
-                fresh.offer(seg, score if math.isfinite(score) else -1e30, question_id=key, scores=scores)
+            texts = [self._hf_tokenizer.decode(list(seg.tokens)) for seg in batch] if self._fused else None
+            arrivals = await self._arrival_scores(batch, results, question, texts, fusion)
+            for seg, (score, scores) in zip(batch, arrivals):
+                fresh.offer(seg, score, question_id=key, scores=scores)
             scanned += len(batch)
         for entry in self._store:  # cut after the re-scan began: kept with their own scores
             if entry.segment.seq >= horizon:
@@ -1421,6 +1543,13 @@ class Engine:
         assert self._pool is not None
         return self._pool.first.reader.window
 
+    def reader_tokens(self, text: str) -> int:
+        """How many of the reader's tokens ``text`` takes: the unit of ``budget_for`` and
+        ``answer_with``'s budget (the reader's tokenizer may differ from the scorer's)."""
+        self._check_open()
+        assert self._pool is not None
+        return self._pool.first.reader.count(text)
+
     @property
     def reader_name(self) -> str:
         """Name of the model that writes the answers."""
@@ -1434,6 +1563,11 @@ class Engine:
         self._check_open()
         assert self._pool is not None
         return self._pool.first.scoring_model.name
+
+
+def _finite(score: float) -> float:
+    """A score the store can rank (a NaN or infinite measure ranks last)."""
+    return score if math.isfinite(score) else -1e30
 
 
 def _next_records(records: Iterator[Any], n: int = 256) -> list[Any]:

@@ -71,12 +71,15 @@ def assemble(
     pieces: list[tuple[int, int, tuple[int, ...], ContextSegment]] = []
     for e in entries:
         s = e.segment
+        end, tokens = s.end, s.tokens
+        if local_tokens and s.start < local_start < s.end:  # the local window follows: trim the overlap
+            end, tokens = local_start, s.tokens[: local_start - s.start]
         pieces.append(
             (
                 s.start,
-                s.end,
-                s.tokens,
-                ContextSegment(seq=s.seq, start=s.start, end=s.end, score=e.score, text="", meta=s.meta),
+                end,
+                tokens,
+                ContextSegment(seq=s.seq, start=s.start, end=end, score=e.score, text="", meta=s.meta),
             )
         )
     if local_tokens:

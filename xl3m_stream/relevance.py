@@ -1,0 +1,201 @@
+"""Relevance signals beside the model's certainty, and how they are fused.
+
+XL3M's certainty links a question to its evidence well when they share words and the scorer
+is strong; a small scorer on a paraphrased question, or on log lines that all look alike,
+does not. Two more signals are computed per segment:
+
+* ``lexical``: BM25 over the stream itself. Document frequencies are kept *running* (every
+  segment that arrives is counted) in bounded memory: a count-min sketch of ``rows x buckets``
+  counters (4 MiB by default) whatever the stream's vocabulary, so a term's df is never
+  under-counted and rarely over-counted;
+* ``dense``: the cosine similarity of sentence embeddings (:mod:`xl3m_stream.embedding`).
+
+**On arrival** (an explicit question is set) each signal's value is normalised against that
+signal's running distribution (a z-score over the recent segments, :class:`ArrivalFusion`) and
+the segment's arrival score is the *largest* of them: a segment strong in any one signal ranks
+high in the bounded store, so evidence that only one signal sees survives eviction.
+**At ask** every candidate gets every signal against the asked question, and their ranks are
+fused (reciprocal rank fusion, :func:`reciprocal_rank_fusion`).
+
+Plain synchronous code, no event loop and no model: the engine owns the embedder and calls
+these from its threads.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import zlib
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+
+import msgspec
+import numpy as np
+
+from .monitor import RunningScores
+
+SIGNALS = ("certainty", "lexical", "dense")
+"""The relevance signals; ``certainty`` (the model's, XL3M's own) is always on."""
+RRF_K = 60
+"""Reciprocal rank fusion constant (the usual 60: ranks beyond the first few weigh alike)."""
+MIN_STATS = 2
+"""Arrivals a signal must have seen before its z-score counts (fewer: the z-score is 0). Kept
+small on purpose: evidence early in a stream must be able to stand out too."""
+_TINY = 1e-9
+
+_WORD = re.compile(r"\w+")
+
+
+def words(text: str) -> list[str]:
+    """Lower-case word tokens, split at punctuation and whitespace (``"req=ab12"`` -> ``["req", "ab12"]``)."""
+    return _WORD.findall(text.lower())
+
+
+class LexicalState(msgspec.Struct, frozen=True, kw_only=True):
+    """A :class:`LexicalIndex` at one point: enough to resume it (counters zlib-compressed)."""
+
+    documents: int
+    total_length: int
+    rows: int
+    buckets: int
+    counts: bytes
+
+
+class LexicalIndex:
+    """BM25 (Lucene's variant, ``k1=1.5, b=0.75``) with running document frequencies.
+
+    ``add`` counts one arriving segment; ``score`` scores a segment's term counts for a query
+    with the frequencies as they are now. The df of a term is the minimum over ``rows``
+    independent hashed counters (a count-min sketch): bounded memory, never an under-count.
+    """
+
+    def __init__(self, *, rows: int = 2, buckets: int = 1 << 19, k1: float = 1.5, b: float = 0.75) -> None:
+        if rows < 1 or buckets < 16 or buckets & (buckets - 1):
+            raise ValueError("rows must be >= 1 and buckets a power of two >= 16")
+        self.rows, self.buckets, self.k1, self.b = rows, buckets, k1, b
+        self._counts = np.zeros((rows, buckets), dtype=np.uint32)
+        self.documents = 0
+        self.total_length = 0
+
+    def _slots(self, term: str) -> list[int]:
+        data = term.encode("utf-8", "surrogatepass")
+        return [zlib.crc32(data, 0x9E3779B1 * (r + 1) & 0xFFFFFFFF) & (self.buckets - 1) for r in range(self.rows)]
+
+    def add(self, terms: Mapping[str, int]) -> None:
+        """Count one segment (its distinct terms, and its length for the average)."""
+        self.documents += 1
+        self.total_length += sum(terms.values())
+        for term in terms:
+            for r, slot in enumerate(self._slots(term)):
+                self._counts[r, slot] += 1
+
+    def df(self, term: str) -> int:
+        return int(min(self._counts[r, slot] for r, slot in enumerate(self._slots(term))))
+
+    def idf(self, term: str) -> float:
+        df = min(self.df(term), self.documents)
+        return math.log(1.0 + (self.documents - df + 0.5) / (df + 0.5))
+
+    def score(self, query: Iterable[str], terms: Mapping[str, int]) -> float:
+        """BM25 of a segment (its term counts) for the query terms (each distinct term once)."""
+        if not self.documents:
+            return 0.0
+        length = sum(terms.values())
+        avg = self.total_length / self.documents or 1.0
+        norm = self.k1 * (1.0 - self.b + self.b * length / avg)
+        total = 0.0
+        for term in set(query):
+            tf = terms.get(term, 0)
+            if tf:
+                total += self.idf(term) * tf / (tf + norm)  # Lucene: no (k1 + 1) factor
+        return total
+
+    def state(self) -> LexicalState:
+        return LexicalState(
+            documents=self.documents,
+            total_length=self.total_length,
+            rows=self.rows,
+            buckets=self.buckets,
+            counts=zlib.compress(self._counts.tobytes(), 1),
+        )
+
+    @classmethod
+    def from_state(cls, state: LexicalState) -> LexicalIndex:
+        index = cls(rows=state.rows, buckets=state.buckets)
+        counts = np.frombuffer(zlib.decompress(state.counts), dtype=np.uint32)
+        if counts.size != state.rows * state.buckets:
+            raise ValueError("lexical state: counters do not match its shape")
+        index._counts = counts.reshape(state.rows, state.buckets).copy()
+        index.documents, index.total_length = state.documents, state.total_length
+        return index
+
+
+def term_counts(text: str) -> Counter[str]:
+    return Counter(words(text))
+
+
+class ArrivalFusion:
+    """Arrival scores: each signal as a z-score against its own recent values, the largest wins.
+
+    One instance per question: :meth:`reset` when the question that arriving segments are
+    scored against changes (its scales change with it).
+    """
+
+    def __init__(self, signals: Sequence[str], window: int = 4096) -> None:
+        self.signals = tuple(signals)
+        self.window = window
+        self._stats = {s: RunningScores(window) for s in self.signals}
+
+    def reset(self) -> None:
+        self._stats = {s: RunningScores(self.window) for s in self.signals}
+
+    def score(self, values: Mapping[str, float]) -> float:
+        """The arrival score of one segment's signal ``values`` (then they join the statistics)."""
+        best = -math.inf
+        for name in self.signals:
+            stats, value = self._stats[name], values[name]
+            z = 0.0
+            if len(stats) >= MIN_STATS:  # (a spread of 0 so far: any difference stands out)
+                z = (value - stats.mean) / max(stats.std, _TINY * max(1.0, abs(stats.mean)))
+            best = max(best, z)
+            stats.add(value)
+        return best
+
+
+def cosine(question: np.ndarray, rows: np.ndarray) -> list[float]:
+    """Cosine similarity of unit vectors: one question against each row."""
+    return [float(x) for x in rows @ question]
+
+
+def _ranks(scores: Sequence[float]) -> list[float]:
+    """1-based rank of each score, highest first; tied scores share their average rank."""
+    order = sorted(range(len(scores)), key=lambda i: -float(scores[i]))
+    ranks = [0.0] * len(scores)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and float(scores[order[j + 1]]) == float(scores[order[i]]):
+            j += 1
+        avg = (i + j) / 2 + 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = avg
+        i = j + 1
+    return ranks
+
+
+def reciprocal_rank_fusion(rankings: Sequence[Sequence[float]], k: int = RRF_K) -> list[float]:
+    """Fused score ``sum(1 / (k + rank))`` over the score lists (each: higher = better).
+
+    Ranks are 1-based; items with equal scores in a list share their average rank, so a
+    signal that cannot tell items apart (BM25 zeros) does not favour any of them.
+    """
+    if not rankings:
+        return []
+    n = len(rankings[0])
+    if any(len(r) != n for r in rankings):
+        raise ValueError("every score list must have one score per item")
+    fused = [0.0] * n
+    for scores in rankings:
+        for i, r in enumerate(_ranks(scores)):
+            fused[i] += 1.0 / (k + r)
+    return fused
