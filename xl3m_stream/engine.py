@@ -49,7 +49,6 @@ from .events import (
 from .inference import ContextSegment, KeyContext, assemble
 from .metrics import LatencyRecorder, Metrics
 from .models import wrap
-from .relevance import SIGNALS, ArrivalFusion, LexicalIndex, cosine, reciprocal_rank_fusion, term_counts, words
 from .monitor import (
     DEFAULT_COOLDOWN,
     DEFAULT_MIN_OVERLAP,
@@ -72,6 +71,7 @@ from .persistence import (
     check_state_dir,
     tokenizer_fingerprint,
 )
+from .relevance import SIGNALS, ArrivalFusion, LexicalIndex, cosine, reciprocal_rank_fusion, term_counts, words
 from .segment import Segment
 from .segmenter import MetaIndex, Segmenter, newline_token_ids
 from .sources import DecodeStats, Utf8Decoder
