@@ -187,6 +187,40 @@ def test_malformed_json_lines_are_skipped_counted_and_logged(
     assert any(v == "disk" or (isinstance(v, list) and "disk" in v) for v in services)  # metadata survived the log
 
 
+def test_hostile_json_lines_are_skipped_and_ingest_and_watch_go_on(
+    run, good_state: Path, tmp_path: Path, tiny_model_dir
+) -> None:
+    """A record nested 1,000 deep (2 KB), one 100,000 deep and a number too big for any type:
+    each skipped and counted; the records around them are kept and a watch keeps watching."""
+    src = tmp_path / "hostile.jsonl"
+    src.write_text(
+        '{"level": "info", "message": "before the bomb"}\n'
+        + "[" * 1000
+        + "]" * 1000
+        + "\n"
+        + '{"message": "deep", "x": '
+        + "[" * 100_000
+        + "]" * 100_000
+        + "}\n"
+        + '{"message": "huge", "n": '
+        + "9" * 5000
+        + "}\n"
+        + '{"level": "error", "message": "after the bomb"}\n'
+    )
+    code, _, lines = run("ingest", str(src), "--jsonl", "--state-dir", str(good_state), tried="JSON nested 1000 deep")
+    assert code == 0, lines
+    assert any("skipped 3 JSON-lines record(s)" in n for n in notes(lines)), lines
+    text = stream_text(tiny_model_dir, good_state)
+    assert text.startswith(GOOD) and "INFO before the bomb\n" in text and "ERROR after the bomb\n" in text
+    code, out, lines = run(
+        "watch", str(src), "--format", "jsonl", "--no-follow", "-q", "What failed?", "--jsonl",
+        "--threshold=-1e30", "--warmup", "0", "--no-lexical", tried="JSON nested 1000 deep (watch)",
+    )  # fmt: skip
+    assert code == 0, lines
+    assert any("skipped 3 JSON-lines record(s)" in n for n in notes(lines)), lines
+    assert "after the bomb" in out
+
+
 def test_missing_file_directory_and_unknown_model(run, good_state: Path, tmp_path: Path) -> None:
     before = read_stream(good_state)
     fresh = tmp_path / "fresh-state"
