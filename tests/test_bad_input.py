@@ -313,6 +313,19 @@ def test_unusable_state_directories(run, good_state: Path, tmp_path: Path) -> No
     assert sorted(p.name for p in home.iterdir()) == ["notes.txt"]
 
 
+def test_a_damaged_log_under_the_snapshot_refuses_rescan_in_one_line(run, good_state: Path) -> None:
+    log = good_state / "segments.log"
+    data = bytearray(log.read_bytes())
+    data[40] ^= 0x01  # in the first record, long covered by the snapshot
+    log.write_bytes(bytes(data))
+    question = "What is the pass key?"
+    argv = ["ask", "--state-dir", str(good_state), "-q", question]
+    code, _, lines = run(*argv, "--rescan", tried="damaged log + rescan")
+    one_error(code, lines, "the log is damaged at byte", "left as it was")
+    code, out, lines = run(*argv, "--json")
+    assert code == 0 and json.loads(out)["segments"] and not lines  # the store still answers
+
+
 def test_figures(run) -> None:
     """Not a check: prints how many bad inputs this module tried (for docs/RELIABILITY.md)."""
     print(f"bad inputs tried: {len(TRIED)} runs, {len(set(TRIED))} kinds: {sorted(set(TRIED))}")

@@ -485,6 +485,37 @@ async def test_rescan_scores_the_whole_kept_stream(tiny_model_dir, tmp_path: Pat
             await engine.rescan("What?")
 
 
+async def test_a_damaged_record_under_the_snapshot_stops_a_rescan_and_keeps_the_store(
+    tiny_model_dir, tmp_path: Path, anyio_backend
+) -> None:
+    """A byte flipped in a record the snapshot covers: the restart does not need it, but a
+    re-scan does. It must say where the log is damaged and leave the store as it was."""
+    state = tmp_path / "state"
+    cfg = config(tiny_model_dir, state, question=None, store_segments=3)
+    async with Engine(cfg) as engine:
+        for i in range(0, len(TEXT), 100):
+            await engine.feed(TEXT[i : i + 100])
+        await engine.flush()
+        tokens, cut = engine.stream_tokens, engine.stats().segments_cut
+    log = state / P.LOG_NAME
+    data = bytearray(log.read_bytes())
+    data[len(LOG_HEADER) + 600] ^= 0x10  # inside an early record
+    log.write_bytes(bytes(data))
+    async with Engine(cfg) as engine:
+        report = engine.recovery
+        assert report is not None and report.snapshot is not None and report.replayed_records == 0
+        assert engine.stream_tokens == tokens
+        before = sorted((e.segment.seq, e.score, e.question_id) for e in engine.store)
+        with pytest.raises(StateError, match=r"damaged at byte \d+.*of the \d+ segments.*left as it was") as err:
+            await engine.rescan("What is the pass key?")
+        assert f"of the {cut} segments" in str(err.value)
+        assert sorted((e.segment.seq, e.score, e.question_id) for e in engine.store) == before
+        assert len(engine.store) == 3
+        await engine.feed(" the stream goes on")
+    assert log.read_bytes()[: len(data)] == bytes(data)  # the damaged bytes are still there to inspect
+    assert read_stream(state).torn is not None
+
+
 def test_sync_engine_with_a_state_dir(tiny_model_dir, tmp_path: Path) -> None:
     from xl3m_stream import SyncEngine
 

@@ -1310,6 +1310,10 @@ class Engine:
         arrival are gone from it; the log still holds them. A re-scan reads them back and scores
         them all: linear in the stream, like ingesting it again without tokenising. Segments cut
         while it runs keep the scores they got. Returns the number of segments scored.
+
+        Raises StateError, leaving the store as it was, when the log cannot be read back to
+        the end (a damaged record, even one a snapshot covers): a re-scan never replaces the
+        store with part of the stream.
         """
         self._check_open()
         if self._state is None:
@@ -1324,7 +1328,8 @@ class Engine:
         async with self._intake:
             horizon, upto = self._segmenter.next_seq, self._state.records  # what the log holds now
         fresh = SegmentStore(cfg.store_segments, cfg.store_tokens)
-        segments = LogReader(self._state.path, upto_records=upto).segments()
+        reader = LogReader(self._state.path, upto_records=upto)
+        segments = reader.segments()
         scanned = 0
         while batch := await anyio.to_thread.run_sync(_next_records, segments, cfg.batch_size):
             results = await self._score(batch, q_ids)
@@ -1332,6 +1337,12 @@ class Engine:
                 score = scores[cfg.measure]
                 fresh.offer(seg, score if math.isfinite(score) else -1e30, question_id=key, scores=scores)
             scanned += len(batch)
+        if reader.cursor.records < upto:  # stopped early: a damaged record (LogReader.torn says why)
+            raise StateError(
+                f"state dir {self._state.path}: the log is damaged at byte {reader.cursor.offset} "
+                f"(after record {reader.cursor.records}: {reader.torn or 'it ends early'}); the re-scan read "
+                f"{scanned} of the {horizon} segments cut, so the store was left as it was"
+            )
         for entry in self._store:  # cut after the re-scan began: kept with their own scores
             if entry.segment.seq >= horizon:
                 fresh.offer(entry.segment, entry.score, question_id=entry.question_id, scores=entry.scores)
