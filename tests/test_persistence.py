@@ -357,6 +357,88 @@ async def test_a_corrupt_snapshot_falls_back_to_an_older_one_or_the_log(
         assert len(engine.store) > 0
 
 
+def record_starts(log: Path) -> list[int]:
+    """Byte offset of every record in a log (its framing only)."""
+    data = log.read_bytes()
+    at, starts = len(LOG_HEADER), []
+    while at + 12 <= len(data):
+        starts.append(at)
+        at += 12 + int.from_bytes(data[at + 4 : at + 8], "little")
+    return starts
+
+
+def plant(snapshot: Path, into: Path, *, strip_new_fields: bool = False) -> Path:
+    """Copy ``snapshot`` into state ``into`` as its newest snapshot (optionally as written before
+    snapshots named their stream and last record)."""
+    data = snapshot.read_bytes()
+    if strip_new_fields:
+        payload = msgspec.msgpack.decode(data[12:])
+        for name in ("stream_id", "last_record"):
+            payload.pop(name, None)
+        data = P.frame(P.SNAPSHOT_MAGIC, msgspec.msgpack.encode(payload))
+    target = into / "snapshot-9999999999999999.bin"
+    target.write_bytes(data)
+    return target
+
+
+@pytest.mark.parametrize("kind", ["another stream", "another stream, old format", "a diverged copy"])
+async def test_a_snapshot_from_another_stream_is_refused_and_nothing_is_cut(
+    tiny_model_dir, tmp_path: Path, anyio_backend, kind: str
+) -> None:
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    async with Engine(config(tiny_model_dir, ours)) as engine:
+        for i in range(0, 600, 60):
+            await engine.feed(TEXT[i : i + 60])
+    if kind == "a diverged copy":  # the same stream up to here, then another
+        shutil.copytree(ours, theirs)
+        async with Engine(config(tiny_model_dir, theirs)) as engine:
+            await engine.feed("Then it went elsewhere: the pass key is 999.\n" * 6)
+    async with Engine(config(tiny_model_dir, ours)) as engine:
+        for i in range(600, len(TEXT), 60):
+            await engine.feed(TEXT[i : i + 60])
+        tokens = engine.stream_tokens
+    if kind != "a diverged copy":
+        async with Engine(config(tiny_model_dir, theirs)) as engine:
+            await engine.feed("Another stream entirely: the pass key is 999.\n" * 5)
+    foreign = sorted(theirs.glob("snapshot-*.bin"))[-1]
+    offset = P.read_snapshot(theirs).log_offset
+    log = ours / P.LOG_NAME
+    assert offset < log.stat().st_size
+    if kind != "a diverged copy":
+        assert offset not in record_starts(log)  # it points inside a record of ours
+    before = log.read_bytes()
+    planted = plant(foreign, ours, strip_new_fields=kind.endswith("old format"))
+    async with Engine(config(tiny_model_dir, ours)) as engine:
+        report = engine.recovery
+        assert report is not None and report.snapshot != planted.name
+        assert len(report.skipped_snapshots) == 1 and planted.name in report.skipped_snapshots[0]
+        assert report.dropped_bytes == 0  # nothing of our log was cut
+        assert engine.stream_tokens == tokens
+        assert not any("999" in engine.tokenizer.decode(list(e.segment.tokens)) for e in engine.store)
+    assert log.read_bytes() == before
+    assert (ours / (planted.name + ".unusable")).exists()
+
+
+async def test_a_snapshot_written_before_stream_ids_still_restores(
+    tiny_model_dir, tmp_path: Path, anyio_backend
+) -> None:
+    state = tmp_path / "state"
+    async with Engine(config(tiny_model_dir, state)) as engine:
+        await engine.feed(TEXT[:700])
+        tokens = engine.stream_tokens
+    newest = sorted(state.glob("snapshot-*.bin"))[-1]
+    old = plant(newest, state, strip_new_fields=True)
+    newest.unlink()
+    async with Engine(config(tiny_model_dir, state)) as engine:
+        report = engine.recovery
+        assert report is not None and report.snapshot == old.name and not report.skipped_snapshots
+        assert engine.stream_tokens == tokens and report.replayed_records == 0
+        await engine.feed(TEXT[700:])
+        await engine.flush()
+    got = read_stream(state)
+    assert engine.tokenizer.decode(got.ids) == TEXT
+
+
 async def test_unscored_segments_are_scored_after_a_restart(tiny_model_dir, tmp_path: Path, anyio_backend) -> None:
     state = tmp_path / "state"
     cfg = config(tiny_model_dir, state, batch_size=1, max_pending_segments=1000)

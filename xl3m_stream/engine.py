@@ -1219,7 +1219,7 @@ class Engine:
     def _capture(self) -> EngineSnapshot:
         """The engine's state now; call it between intake steps (with the intake lock held)."""
         assert self._state is not None and self._not_scored is not None
-        offset, records = self._state.snapshot_cursor()
+        offset, records, last = self._state.snapshot_cursor()
         questions = {key: ids for ids, key in self._question_keys.items()}
         store = self._store.snapshot()
         used = sorted({e.question_id for e in store.entries if e.question_id in questions})
@@ -1245,6 +1245,8 @@ class Engine:
             ],
             counters=dict(self._counters),
             decode=DecodeStats(**msgspec.structs.asdict(self.decode_stats)),
+            stream_id=self._state.stream_id,
+            last_record=last,
         )
 
     async def _write_snapshot(self) -> None:
