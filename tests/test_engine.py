@@ -285,6 +285,30 @@ def test_sync_engine(tiny_model_dir) -> None:
         engine.ask("x")
 
 
+def test_sync_engine_started_twice_stays_usable_and_closes(tiny_model_dir, tmp_path) -> None:
+    """start() then ``with engine:`` (or start() twice): one engine, usable, closed once, its state released."""
+    from xl3m_stream.persistence import read_snapshot
+
+    state = tmp_path / "state"
+    engine = SyncEngine(config(tiny_model_dir, state_dir=str(state)))
+    assert engine.start() is engine
+    with engine:
+        assert engine.start() is engine  # harmless
+        engine.feed(TEXT[:300])
+        engine.flush()
+        assert engine.ask("What is the pass key?").segments
+        tokens = engine.stats().tokens_in
+    with pytest.raises(EngineClosedError):
+        engine.feed("more")
+    engine.close()  # closing again is harmless too
+    with pytest.raises(EngineClosedError, match="closed"):
+        engine.start()  # an engine runs once: a clear error, nothing started
+    snap = read_snapshot(state)
+    assert snap is not None and snap.position == tokens  # the final snapshot was written at close
+    with SyncEngine(config(tiny_model_dir, state_dir=str(state))) as again:  # and the lock released
+        assert again.recovery is not None and again.recovery.tokens == tokens
+
+
 async def test_source_metadata_reaches_segments(tiny_model_dir, anyio_backend) -> None:
     from xl3m_stream.sources import TextChunk
 
