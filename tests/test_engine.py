@@ -309,6 +309,35 @@ def test_sync_engine_started_twice_stays_usable_and_closes(tiny_model_dir, tmp_p
         assert again.recovery is not None and again.recovery.tokens == tokens
 
 
+async def test_abandoned_event_subscribers_are_released_and_subscribers_bounded(tiny_model_dir, anyio_backend) -> None:
+    import gc
+    import weakref
+
+    from xl3m_stream.engine import MAX_SUBSCRIBERS
+
+    async with Engine(config(tiny_model_dir)) as engine:
+        kept = engine.events()
+        refs = []
+        for _ in range(30):  # `async for event in engine.events(): break`, 30 times
+            stream = engine.events()
+            refs.append(weakref.ref(stream))
+            await engine.process([TEXT[:200]])
+            async for _event in stream:
+                break
+            del stream
+        await engine.process([TEXT[:400]])
+        gc.collect()
+        assert [r for r in refs if r() is not None] == []  # the engine holds none of them
+        assert drain_events(kept)  # a subscriber still held goes on receiving
+        streams = [engine.events() for _ in range(MAX_SUBSCRIBERS - 1)]
+        with pytest.raises(InputError, match=f"{MAX_SUBSCRIBERS} event subscribers"):
+            engine.events()
+        streams.pop().close()  # closing one frees its place
+        async with engine.events() as last:
+            await engine.process([TEXT[:200]])
+            assert drain_events(last)
+
+
 async def test_source_metadata_reaches_segments(tiny_model_dir, anyio_backend) -> None:
     from xl3m_stream.sources import TextChunk
 

@@ -23,6 +23,7 @@ import logging
 import math
 import threading
 import time
+import weakref
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -89,6 +90,8 @@ THREAD_TOKENIZE_CHARS = 1 << 14
 """Text longer than this is tokenised in a worker thread so the event loop stays responsive."""
 MAX_EXPLAINING = 32
 """Alerts explained at once; beyond it an alert is emitted without an explanation."""
+MAX_SUBSCRIBERS = 256
+"""``events()`` subscribers held at once (each buffers up to ``events_buffer`` events)."""
 
 
 class Timings(msgspec.Struct, frozen=True, kw_only=True):
@@ -217,7 +220,8 @@ class Engine:
         self._question_keys: OrderedDict[tuple[int, ...], int] = OrderedDict()
         self._next_question_key = 1
         self._explicit: tuple[str, tuple[int, ...]] | None = None
-        self._subscribers: list[EventStream] = []
+        # held weakly: a subscriber its owner dropped (`async for ...: break`) goes with it
+        self._subscribers: weakref.WeakSet[EventStream] = weakref.WeakSet()
         self._counters = dict(
             segments_cut=0, segments_scored=0, segments_failed=0, batches=0, scored_tokens=0, asks=0, errors=0
         )
@@ -257,7 +261,7 @@ class Engine:
         if self._state is not None:
             with anyio.CancelScope(shield=True):
                 await self._close_state()
-        for sub in list(getattr(self, "_subscribers", [])):
+        for sub in list(getattr(self, "_subscribers", ())):
             sub.close()
         for threads in getattr(self, "_score_threads", {}).values():
             threads.close()  # no job is running: the task group above has ended
@@ -1353,18 +1357,26 @@ class Engine:
 
     # ------------------------------------------------------------------ events and stats
     def events(self) -> EventStream:
-        """Subscribe to events from now on: ``async for event in engine.events(): ...``."""
+        """Subscribe to events from now on: ``async for event in engine.events(): ...``.
+
+        The engine holds a subscriber only as long as you do: one you drop (or ``close()``,
+        or leave ``async with engine.events() as events:``) stops receiving and frees its
+        buffer. At most :data:`MAX_SUBSCRIBERS` are held at once (InputError beyond).
+        """
         self._check_open()
+        if len(self._subscribers) >= MAX_SUBSCRIBERS:
+            raise InputError(
+                f"{MAX_SUBSCRIBERS} event subscribers are open: close one (or drop it) before subscribing again"
+            )
         stream = EventStream(self.config.events_buffer, on_close=self._unsubscribe)
-        self._subscribers.append(stream)
+        self._subscribers.add(stream)
         return stream
 
     def _unsubscribe(self, stream: EventStream) -> None:
-        if stream in self._subscribers:
-            self._subscribers.remove(stream)
+        self._subscribers.discard(stream)
 
     def _emit(self, event: Event) -> None:
-        for sub in self._subscribers:
+        for sub in list(self._subscribers):
             sub.put(event)
 
     def stats(self) -> EngineStats:
