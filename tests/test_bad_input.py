@@ -326,6 +326,32 @@ def test_a_damaged_log_under_the_snapshot_refuses_rescan_in_one_line(run, good_s
     assert code == 0 and json.loads(out)["segments"] and not lines  # the store still answers
 
 
+@pytest.mark.parametrize("planted", ["fifo meta.json", "fifo snapshot", "hard link lock"])
+def test_special_files_planted_in_a_state_dir(run, good_state: Path, tmp_path: Path, planted: str) -> None:
+    """Refused in one line (or, for a snapshot, skipped with a note), never hung on or written through."""
+    import os
+
+    src = tmp_path / "more.txt"
+    src.write_text("more text\n")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    if planted == "fifo meta.json":
+        (good_state / "meta.json").unlink()
+        os.mkfifo(good_state / "meta.json")
+    elif planted == "fifo snapshot":
+        os.mkfifo(good_state / "snapshot-9999999999999999.bin")
+    else:
+        (good_state / "lock").unlink()
+        os.link(victim, good_state / "lock")
+    code, out, lines = run("ingest", str(src), "--state-dir", str(good_state), tried="planted " + planted)
+    if planted == "fifo snapshot":
+        assert code == 0 and "ingested" in out
+        assert any("snapshot not used" in n and "a FIFO" in n for n in notes(lines)), lines
+    else:
+        one_error(code, lines, "hard links" if "link" in planted else "not a regular file (a FIFO)")
+    assert victim.read_text() == "precious"
+
+
 def test_figures(run) -> None:
     """Not a check: prints how many bad inputs this module tried (for docs/RELIABILITY.md)."""
     print(f"bad inputs tried: {len(TRIED)} runs, {len(set(TRIED))} kinds: {sorted(set(TRIED))}")

@@ -199,6 +199,72 @@ def test_state_dir_paths_are_validated(tmp_path: Path) -> None:
     assert target.read_bytes() == LOG_HEADER
 
 
+def within(seconds: float, fn, *args):
+    """``fn(*args)``'s result or exception, failing the test if it hangs (a FIFO opened blocking)."""
+    out: list = []
+
+    def run() -> None:
+        try:
+            out.append((True, fn(*args)))
+        except BaseException as exc:  # handed to the test
+            out.append((False, exc))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert out, f"{fn.__name__} hung"
+    ok, value = out[0]
+    if not ok:
+        raise value
+    return value
+
+
+@pytest.mark.parametrize("name", [P.LOCK_NAME, P.LOG_NAME])
+def test_a_hard_link_planted_in_a_state_dir_is_never_written_through(tmp_path: Path, name: str) -> None:
+    state = tmp_path / "state"
+    write_records(state, [([1, 2], "ab")])
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"precious")
+    (state / name).unlink()
+    os.link(victim, state / name)
+    with pytest.raises(StateError, match="hard link"):
+        open_dir(state)
+    assert victim.read_bytes() == b"precious"
+
+
+def test_atomic_writes_replace_a_hard_link_planted_at_their_temporary_name(tmp_path: Path) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"precious")
+    target = tmp_path / "snapshot-0000000000000001.bin"
+    os.link(victim, target.with_name(f"{P.TMP_PREFIX}{target.name}.{os.getpid()}"))
+    P.write_atomic(target, b"snapshot bytes")
+    assert target.read_bytes() == b"snapshot bytes" and victim.read_bytes() == b"precious"
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory"])
+@pytest.mark.parametrize("name", [P.META_NAME, P.LOG_NAME, P.LOCK_NAME, "snapshot-0000000000000009.bin"])
+def test_special_files_planted_in_a_state_dir_are_refused_without_hanging(tmp_path: Path, name: str, kind: str) -> None:
+    state = tmp_path / "state"
+    write_records(state, [([1, 2], "ab")])
+    target = state / name
+    if target.exists():
+        target.unlink()
+    os.mkfifo(target) if kind == "fifo" else target.mkdir()
+    if name.startswith("snapshot-"):  # an unusable snapshot: skipped, reported, the log replayed
+        state_dir = within(10, open_dir, state)
+        within(10, state_dir.recover)
+        assert [ids for _, ids, _ in state_dir.replay()] == [[1, 2]]
+        assert "not a regular file" in state_dir.report.skipped_snapshots[0]
+        state_dir.close()
+        assert within(10, P.read_snapshot, state) is None
+        return
+    with pytest.raises(StateError, match="not a regular file"):
+        within(10, open_dir, state)
+    if name != P.LOCK_NAME:
+        with pytest.raises(StateError, match="not a regular file"):
+            within(10, read_stream, state)
+
+
 def test_files_are_private(tmp_path: Path) -> None:
     state = open_dir(tmp_path / "s")
     state.close()

@@ -33,6 +33,7 @@ import logging
 import os
 import re
 import shutil
+import stat
 import struct
 import sys
 import time
@@ -376,7 +377,7 @@ def read_meta(path: str | os.PathLike[str]) -> StateMeta | None:
     if not meta_path.exists():
         return None
     try:
-        fd = os.open(meta_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = _open_file(meta_path, os.O_RDONLY)
         with os.fdopen(fd, "rb") as f:
             data = f.read(1 << 20)
         meta = msgspec.json.decode(data, type=StateMeta)
@@ -400,8 +401,40 @@ def stream_id(meta: StateMeta) -> str:
     return hashlib.sha256(f"{meta.kind}/{meta.created!r}".encode()).hexdigest()[:32]
 
 
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
 def _open_file(path: Path, flags: int, mode: int = 0o600) -> int:
-    return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    """Open a file of a state directory: only a regular file, never through a symlink (OSError
+    ELOOP), never blocking (a FIFO planted there), and for writing only if no other name links
+    to it (a hard link planted there is not written through). Raises StateError for the rest."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, mode)
+    except IsADirectoryError:  # (opened for writing)
+        raise StateError(
+            f"{path} is not a regular file (a directory): refused; remove it or use another directory"
+        ) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = next((name for test, name in _FILE_KINDS if test(st.st_mode)), "not a file")
+            raise StateError(f"{path} is not a regular file ({kind}): refused; remove it or use another directory")
+        if flags & (os.O_WRONLY | os.O_RDWR) and st.st_nlink != 1:
+            raise StateError(
+                f"{path} has {st.st_nlink} hard links: refused (writing it would change the other names too); "
+                f"remove it or use another directory"
+            )
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _fsync_dir(path: Path) -> None:
@@ -423,7 +456,9 @@ def write_atomic(path: Path, data: bytes) -> None:
     """Write ``path`` so that it holds either its old contents or ``data``, never a mix:
     a temporary file, fsync, rename over ``path``, fsync of the directory."""
     tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
-    fd = _open_file(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()  # left by a crash, or planted: a name, never a file to write through
+    fd = _open_file(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
     try:
         _write_all(fd, data)
         os.fsync(fd)
