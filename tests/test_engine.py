@@ -338,6 +338,39 @@ async def test_abandoned_event_subscribers_are_released_and_subscribers_bounded(
             assert drain_events(last)
 
 
+async def test_concurrent_feeds_and_flushes_never_split_a_feed(tiny_model_dir, anyio_backend, tmp_path) -> None:
+    """Two tasks feed one big string each (several slices) while a third flushes: each feed
+    arrives whole, so the stream is one string after the other and no token is split."""
+    from xl3m_stream.persistence import read_stream
+
+    a, b = "alpha " * 23_000, "bravo " * 23_000  # 138,000 characters each: 3 feed slices
+    state = tmp_path / "state"
+    cfg = config(tiny_model_dir, state_dir=str(state), segment_tokens=256, batch_size=8, question=None)
+    async with Engine(cfg) as engine:
+
+        async def flush_mid_feed() -> None:
+            while engine.stream_tokens == 0:
+                await anyio.sleep(0)
+            await engine.flush()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(engine.feed, a)
+            tg.start_soon(engine.feed, b)
+            tg.start_soon(flush_mid_feed)
+        await engine.flush()
+        tokenizer = engine.tokenizer
+    got = read_stream(state)
+    text = tokenizer.decode(got.ids)
+    assert text in (a + b, b + a), [w for w in set(text.split()) if w not in ("alpha", "bravo")][:5]
+    first, second = (a, b) if text.startswith("alpha") else (b, a)
+
+    def encode(text: str) -> list[int]:
+        return tokenizer.encode(text, add_special_tokens=False)
+
+    # the flush came between the feeds or after both; inside one it would have cut a word in two
+    assert got.ids in (encode(first + second), encode(first) + encode(second))
+
+
 async def test_source_metadata_reaches_segments(tiny_model_dir, anyio_backend) -> None:
     from xl3m_stream.sources import TextChunk
 

@@ -204,7 +204,8 @@ class Engine:
         }
         self._reader_limiters = {r.index: anyio.CapacityLimiter(1) for r in self._pool.replicas}
         self._slots = anyio.Semaphore(cfg.device_concurrency * len(self._pool.replicas))
-        self._intake = anyio.Lock()
+        self._intake = anyio.Lock()  # held for one intake step (a feed slice, a flush)
+        self._feeding = anyio.Lock()  # held for a whole feed or flush: each arrives whole
         self._pending: deque[_Pending] = deque()
         self._unscored: SortedSet = SortedSet()
         self._failed: list[Segment] = []
@@ -283,10 +284,18 @@ class Engine:
         characters until the next feed shows where the token boundary falls). Waits while
         scoring lags behind by more than ``max_pending_segments`` (backpressure). Cancelling
         a feed never loses or duplicates what was already taken in.
+
+        Concurrent calls are serialised: a feed (however long: it is taken in slices) or a
+        flush waits for the one before it to end, so each arrives whole, in the order the
+        calls got the turn, and no token is split between two of them.
         """
         self._check_open()
         if self._state is not None:
             self._state.check_writable()
+        async with self._feeding:
+            return await self._feed(data)
+
+    async def _feed(self, data: str | bytes | Sequence[int] | Any) -> int:
         if isinstance(data, (bytes, bytearray, memoryview)):
             data = self._bytes.decode(bytes(data))  # one decoder: a character split across feeds survives
             if not data and self._state is not None:  # only part of a character: log its bytes
@@ -401,7 +410,7 @@ class Engine:
         self._check_open()
         if self._state is not None:
             self._state.check_writable()
-        async with self._intake:
+        async with self._feeding, self._intake:  # (never between the slices of a feed)
             pos = self._position
             ids, ends = self._itok.flush_with_offsets()
             self._meta.add_tokens(ends)
