@@ -352,6 +352,25 @@ def test_special_files_planted_in_a_state_dir(run, good_state: Path, tmp_path: P
     assert victim.read_text() == "precious"
 
 
+def test_ingesting_the_same_file_again_takes_only_what_is_new_and_refuses_a_rewritten_one(
+    run, good_state: Path, tmp_path: Path, tiny_model_dir
+) -> None:
+    src = tmp_path / "good.txt"  # what good_state was ingested from
+    code, out, lines = run("ingest", str(src), "--state-dir", str(good_state), tried="the same file again")
+    assert (
+        code == 0
+        and "ingested 0 tokens" in out
+        and notes(lines) == [f"xl3m-stream: note: nothing new in {src}: the state already holds all of it"]
+    )
+    src.write_text(GOOD.replace("12345", "99999"))
+    code, _, lines = run("ingest", str(src), "--state-dir", str(good_state), tried="a file rewritten since its ingest")
+    one_error(code, lines, "changed since it was ingested", "--from-start")
+    src.write_text("short\n")
+    code, _, lines = run("ingest", str(src), "--state-dir", str(good_state), tried="a file truncated since its ingest")
+    one_error(code, lines, "fewer than the", "--from-start")
+    assert stream_text(tiny_model_dir, good_state) == GOOD
+
+
 def test_figures(run) -> None:
     """Not a check: prints how many bad inputs this module tried (for docs/RELIABILITY.md)."""
     print(f"bad inputs tried: {len(TRIED)} runs, {len(set(TRIED))} kinds: {sorted(set(TRIED))}")

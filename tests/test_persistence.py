@@ -21,6 +21,7 @@ import pytest
 from helpers import tiny_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from transformers import AutoTokenizer
 
 from xl3m_stream import Engine, EngineConfig, InputError, StateError
 from xl3m_stream import persistence as P
@@ -662,6 +663,61 @@ async def test_a_damaged_record_under_the_snapshot_stops_a_rescan_and_keeps_the_
         await engine.feed(" the stream goes on")
     assert log.read_bytes()[: len(data)] == bytes(data)  # the damaged bytes are still there to inspect
     assert read_stream(state).torn is not None
+
+
+def test_ingest_resumes_its_input_after_a_crash_and_takes_only_what_was_appended(
+    tiny_model_dir, tmp_path: Path
+) -> None:
+    """``xl3m-stream ingest FILE`` killed midway and run again goes on where the log stops, and a
+    file grown since a complete ingest adds only its new end; a rewritten file is refused."""
+    import contextlib
+    import io
+
+    from xl3m_stream.cli import main
+
+    src, state = tmp_path / "app.log", tmp_path / "state"
+    src.write_text(TEXT)
+    argv = ["ingest", str(src), "--state-dir", str(state), "--model", str(tiny_model_dir), "--segment-tokens", "32"]
+
+    def ingest(*extra: str) -> tuple[int, str]:
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            code = main([*argv, *extra])
+        return code, err.getvalue()
+
+    assert ingest() == (0, "")
+    whole = read_stream(state)
+    shutil.rmtree(state)
+    # the crash: a run that took the first 1,000 characters, as a killed ingest leaves it
+    source = f"text:{src.resolve()} ({src.stat().st_dev}:{src.stat().st_ino})"
+
+    async def partial() -> None:
+        async with Engine(config(tiny_model_dir, state, question=None)) as engine:
+            await engine.mark_input(source, 0)
+            for i in range(0, 1000, 100):
+                await engine.feed(TextChunk(text=TEXT[i : i + 100]))
+
+    anyio.run(partial)
+    assert ingest() == (0, f"xl3m-stream: note: resumed {src} at character 1,000, where an earlier run on it stopped\n")
+    again = read_stream(state)
+    assert again.ids == whole.ids  # resumed at character 1,000: nothing duplicated, nothing lost
+    code, err = ingest()  # nothing new
+    assert code == 0 and err == f"xl3m-stream: note: nothing new in {src}: the state already holds all of it\n"
+    assert read_stream(state).ids == whole.ids
+    with src.open("a") as f:
+        f.write("appended later: The pass key is 12345.\n")
+    code, err = ingest()
+    assert code == 0 and "took only what was appended" in err and f"character {len(TEXT):,}" in err
+    grown = read_stream(state)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    assert tok.decode(grown.ids) == TEXT + "appended later: The pass key is 12345.\n"
+    rewritten = (TEXT + "appended later: The pass key is 12345.\n").replace("line 3:", "LINE 3:") + "and more\n"
+    src.write_text(rewritten)  # rewritten in place (the same file)
+    code, err = ingest()
+    assert code == 1 and err.count("\n") == 1 and "changed since" in err and "--from-start" in err
+    assert read_stream(state).ids == grown.ids
+    assert ingest("--from-start")[0] == 0  # taken again from its start, as asked
+    assert tok.decode(read_stream(state).ids) == tok.decode(grown.ids) + rewritten
 
 
 def test_sync_engine_with_a_state_dir(tiny_model_dir, tmp_path: Path) -> None:

@@ -63,6 +63,7 @@ from .persistence import (
     FLAG_CUT,
     FORMAT_VERSION,
     EngineSnapshot,
+    InputMark,
     Layout,
     LogReader,
     PendingSegment,
@@ -193,6 +194,7 @@ class Engine:
         self._itok = IncrementalTokenizer(tok)
         self._meta = MetaIndex()
         self._chars_in = 0  # characters of text fed (offsets of the incremental tokenizer)
+        self._input_mark: InputMark | None = None  # the last one logged or restored (ingest resume)
         self._bytes = Utf8Decoder(self.decode_stats)
         boundary = newline_token_ids(tok) if cfg.segment_cut == "lines" else None
         self._segmenter = Segmenter(cfg.segment_tokens, overlap=cfg.segment_overlap, boundary_ids=boundary)
@@ -1154,6 +1156,7 @@ class Engine:
         self._position = snap.position
         self._chars_in = snap.chars
         self._bytes.restore(snap.held)
+        self._input_mark = snap.input
         self._question_keys = OrderedDict((tuple(q), i + 1) for i, q in enumerate(snap.questions))
         self._next_question_key = len(self._question_keys) + 1
         store = SegmentStore.from_snapshot(snap.store)
@@ -1176,6 +1179,8 @@ class Engine:
 
     def _apply_record(self, rec: StreamRecord, ids: list[int], ends: list[int]) -> None:
         """Redo one logged intake step: the calls feed/flush made, minus the tokenizer's work."""
+        if rec.input is not None:
+            self._input_mark = rec.input
         if rec.text:
             self._meta.add_chunk(rec.chars, rec.meta)
         if ends:
@@ -1196,6 +1201,7 @@ class Engine:
         meta: dict[str, Any] | None = None,
         end_doc: bool = False,
         cut: bool = False,
+        mark: InputMark | None = None,
     ) -> None:
         """Log one intake step that took ``ids`` at stream token ``pos`` (no-op without a state)."""
         if self._state is not None:
@@ -1210,6 +1216,7 @@ class Engine:
                 end_doc=end_doc,
                 cut=cut,
                 held=self._bytes.held,
+                mark=mark,
             )
 
     async def _commit(self) -> None:
@@ -1260,6 +1267,7 @@ class Engine:
             decode=DecodeStats(**msgspec.structs.asdict(self.decode_stats)),
             stream_id=self._state.stream_id,
             last_record=last,
+            input=self._input_mark,
         )
 
     async def _write_snapshot(self) -> None:
@@ -1311,6 +1319,37 @@ class Engine:
         finally:
             self._state = None
             await anyio.to_thread.run_sync(state.close)
+
+    async def mark_input(self, source: str, taken: int, *, complete: bool = False, digest: str = "") -> InputMark:
+        """Log, in order with the stream, that the text fed from input ``source`` so far is its
+        first ``taken`` characters (``complete``: all of it; ``digest``: their SHA-256, checked
+        when the input is resumed). With :attr:`input_mark` after a restart, this is how
+        ``xl3m-stream ingest`` resumes a file where the log stops instead of taking it again.
+        Needs a ``state_dir``; returns the mark."""
+        self._check_open()
+        if self._state is None:
+            raise StateError("mark_input() needs a state_dir (EngineConfig.state_dir): the log it writes to")
+        if not isinstance(source, str) or not source:
+            raise InputError("mark_input(): source must be a non-empty string")
+        if isinstance(taken, bool) or not isinstance(taken, int) or taken < 0:
+            raise InputError(f"mark_input(): taken must be an int >= 0, got {taken!r}")
+        self._state.check_writable()
+        async with self._feeding, self._intake:
+            mark = InputMark(source=source, taken=taken, at=self._chars_in, complete=complete, digest=digest)
+            self._log(self._position, (), mark=mark)
+            self._input_mark = mark
+        await self._commit()
+        return mark
+
+    @property
+    def input_mark(self) -> InputMark | None:
+        """The last :meth:`mark_input` mark, logged in this run or restored from the state."""
+        return self._input_mark
+
+    @property
+    def chars_taken(self) -> int:
+        """Characters of text taken into the stream so far (restored with the state)."""
+        return self._chars_in
 
     @property
     def recovery(self) -> RecoveryReport | None:

@@ -56,6 +56,7 @@ from .tokenizer import CONTEXT_CHARS, TokenizerState
 __all__ = [
     "FORMAT_VERSION",
     "EngineSnapshot",
+    "InputMark",
     "Layout",
     "LogReader",
     "PendingSegment",
@@ -132,6 +133,30 @@ class StateMeta(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     layout: Layout
 
 
+class InputMark(msgspec.Struct, frozen=True, kw_only=True, array_like=True, forbid_unknown_fields=True):
+    """How much of one input (a file being ingested) the stream holds, logged in order with it.
+
+    Written when text of ``source`` is about to be fed, and when all of it was: from the last
+    mark and the stream's characters, a restart knows where to resume that input.
+    """
+
+    source: str
+    """The input's identity (the CLI: its format, real path, device and inode)."""
+    taken: int
+    """Characters of the input's text in the stream when the mark was written."""
+    at: int
+    """The stream's characters (text given to the incremental tokenizer) at that moment."""
+    complete: bool = False
+    """The input had ended: all of its text was taken."""
+    digest: str = ""
+    """SHA-256 (hex) of the input's first ``taken`` characters (UTF-8), or "" if not recorded."""
+
+    def taken_by(self, chars: int) -> int:
+        """Characters of the input in the stream once it holds ``chars`` characters: the text fed
+        after an incomplete mark is this input's (one feeder: the ingest that wrote the mark)."""
+        return self.taken if self.complete else self.taken + max(0, chars - self.at)
+
+
 class StreamRecord(msgspec.Struct, frozen=True, kw_only=True, array_like=True, forbid_unknown_fields=True):
     """One intake step of the engine, as logged (one ``feed`` slice, a token-id feed, a flush).
 
@@ -162,6 +187,8 @@ class StreamRecord(msgspec.Struct, frozen=True, kw_only=True, array_like=True, f
     held: bytes = b""
     """Bytes of an incomplete UTF-8 character held back after this record (a bytes feed)."""
     time: float = 0.0
+    input: InputMark | None = None
+    """A mark of the input being ingested (a record of its own, with no text or ids)."""
 
 
 class RecordRef(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
@@ -210,6 +237,8 @@ class EngineSnapshot(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     last_record: RecordRef | None = None
     """The last record it covers, as the log frames it (None: it covers none, or was written
     before this was recorded). With ``stream_id`` it ties the snapshot to these log bytes."""
+    input: InputMark | None = None
+    """The last input mark among the records it covers."""
 
 
 class RecoveryReport(msgspec.Struct, kw_only=True):
@@ -536,6 +565,9 @@ def _check_record(rec: StreamRecord, cur: _Cursor, layout: Layout) -> tuple[list
         raise ValueError(f"record {rec.n} ends a document with text pending")
     if len(rec.held) > 3:
         raise ValueError(f"record {rec.n}: {len(rec.held)} held bytes")
+    mark = rec.input
+    if mark is not None and (mark.at != rec.chars or mark.taken < 0 or rec.text or rec.ids):
+        raise ValueError(f"record {rec.n}: an input mark out of step with the stream")
     ids = decode_ids(rec.ids, layout.id_bytes)
     if any(i >= layout.vocab_size for i in ids):
         raise ValueError(f"record {rec.n}: token id outside the vocabulary of {layout.vocab_size}")
@@ -953,6 +985,7 @@ class StateDir:
         end_doc: bool = False,
         cut: bool = False,
         held: bytes = b"",
+        mark: InputMark | None = None,
     ) -> None:
         """Log one intake step (written to the OS before returning: it survives the process).
 
@@ -965,7 +998,7 @@ class StateDir:
         if pos != cur.pos:
             raise RuntimeError(f"log out of step: record at token {pos}, log at {cur.pos}")
         changed = consumed != cur.consumed or held != cur.held or (end_doc and cur.doc_start != consumed)
-        if not (ids or text or cut or changed):
+        if not (ids or text or cut or changed or mark):
             return
         deltas: list[int] = []
         if ends:
@@ -986,6 +1019,7 @@ class StateDir:
             flags=flags,
             held=held,
             time=time.time(),
+            input=mark,
         )
         payload = _record_encoder.encode(rec)
         data = frame(RECORD_MAGIC, payload)
