@@ -682,9 +682,10 @@ def _print_alert(alert: Any, jsonl: bool) -> None:
 def _cmd_demo(args: argparse.Namespace) -> int:
     import anyio
 
+    from .demo import passkey_document
     from .errors import InputError
     from .evaluate.metrics import first_int_match
-    from .evaluate.tasks import make_sample
+    from .tokenizer import IncrementalTokenizer
 
     if args.tokens < 1000:
         raise InputError("--tokens must be at least 1000")
@@ -705,28 +706,37 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             def count(text: str) -> int:
                 return len(tokenizer.encode(text, add_special_tokens=False))
 
-            sample = make_sample("passkey", length=args.tokens, seed=args.seed, depth=depth, count_tokens=count)
-            await engine.set_question(sample.question)
+            def count_stream(pieces: Any) -> int:  # the document is never held whole: bounded memory
+                itok = IncrementalTokenizer(tokenizer)
+                return sum(len(itok.push(piece)) for piece in pieces) + len(itok.flush())
+
+            # make_sample's passkey document, produced in pieces (sized off the event loop)
+            doc = await anyio.to_thread.run_sync(
+                lambda: passkey_document(
+                    args.tokens, seed=args.seed, depth=depth, count_tokens=count, count_stream=count_stream
+                )
+            )
+            await engine.set_question(doc.question)
             if not args.json:
                 print(
                     f"passkey demo: {args.tokens:,} tokens ({args.tokens / engine.reader_window:.1f}x the "
                     f"{engine.reader_window}-token window of {engine.model_name}), key at depth {depth:.2f}",
                     file=sys.stderr,
                 )
-            text = sample.context
-            step = 1 << 15
-            with _Progress(show, len(text), "streaming", unit="chars") as bar:
-                for i in range(0, len(text), step):
-                    await engine.feed(text[i : i + step])
-                    bar.update(min(i + step, len(text)), engine.stream_tokens)
+            done = 0
+            with _Progress(show, doc.chars, "streaming", unit="chars") as bar:
+                for piece in doc.pieces(1 << 15):
+                    await engine.feed(piece)
+                    done += len(piece)
+                    bar.update(done, engine.stream_tokens)
                 await engine.flush()
-                bar.update(len(text), engine.stream_tokens)
+                bar.update(doc.chars, engine.stream_tokens)
             ingested = time.perf_counter()
-            answer = await engine.ask(sample.question)
+            answer = await engine.ask(doc.question)
             result = _answer_json(answer, time.perf_counter() - started)
             result.update(
-                expected=sample.answers[0],
-                correct=first_int_match(answer.text, sample.answers[0]),
+                expected=doc.answer,
+                correct=first_int_match(answer.text, doc.answer),
                 depth=depth,
                 model=engine.model_name,
                 window=engine.reader_window,
