@@ -371,6 +371,45 @@ async def test_concurrent_feeds_and_flushes_never_split_a_feed(tiny_model_dir, a
     assert got.ids in (encode(first + second), encode(first) + encode(second))
 
 
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # (intake is the same under trio; this one is slow)
+async def test_a_large_local_window_keeps_intake_linear(tiny_model_dir, anyio_backend) -> None:
+    """With a 2M-token local window, 200 small feeds cost the same after 200k tokens as at the
+    start (the recent tokens were copied on every feed: quadratic intake, 10x slower here)."""
+    import time
+
+    cfg = config(tiny_model_dir, question=None, local_window_tokens=2_000_000, segment_tokens=900, batch_size=16)
+    async with Engine(cfg) as engine:
+        ids = engine.tokenizer.encode(TEXT, add_special_tokens=False)
+
+        async def block() -> float:
+            await engine.drain()
+            started = time.perf_counter()
+            for i in range(200):
+                await engine.feed(ids[i % 100 : i % 100 + 50])
+            return time.perf_counter() - started
+
+        early = await block()
+        for _ in range(200_000 // len(ids)):
+            await engine.feed(ids)
+        late = await block()
+        assert engine.stream_tokens > 200_000
+    assert late < 3 * early + 0.05, (early, late)
+
+
+async def test_the_local_window_does_not_change_rolling_questions(tiny_model_dir, anyio_backend) -> None:
+    scores = []
+    for window in (0, 1_000_000):
+        # (batch_size=1: a batch is scored against its first segment's window, so batching would vary it)
+        cfg = config(tiny_model_dir, question=None, local_window_tokens=window, batch_size=1)
+        async with Engine(cfg) as engine:
+            events = engine.events()
+            for i in range(0, 1500, 70):
+                await engine.feed(TEXT[i : i + 70])
+            await engine.flush()
+            scores.append(sorted((e.seq, e.score) for e in drain_events(events) if isinstance(e, SegmentScored)))
+    assert scores[0] and scores[0] == scores[1]
+
+
 async def test_source_metadata_reaches_segments(tiny_model_dir, anyio_backend) -> None:
     from xl3m_stream.sources import TextChunk
 

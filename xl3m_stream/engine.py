@@ -356,7 +356,7 @@ class Engine:
             return
         if not attributed:
             self._meta.add_unattributed(len(ids))
-        history = list(self._recent)
+        history = self._history()
         base = self._position - len(history)
         segments = self._segmenter.push(ids)
         self._recent.extend(ids)
@@ -425,9 +425,19 @@ class Engine:
         await self.drain()
         return len(ids)
 
+    def _history(self) -> list[int]:
+        """The recent tokens the next segments' rolling questions may need: ``question_tokens``
+        before the segmenter's pending tokens, and those (the next segment starts among them).
+        A copy of that much only, so intake stays linear however long ``local_window_tokens``."""
+        need = self.config.question_tokens + len(self._segmenter.pending)
+        recent = self._recent
+        if need >= len(recent):
+            return list(recent)
+        return list(itertools.islice(reversed(recent), need))[::-1]
+
     def _cut_tail(self) -> None:
         """The stream's pending tokens become a (short) segment, queued for scoring."""
-        history = list(self._recent)
+        history = self._history()
         tail = self._segmenter.flush()
         self._queue(tail, history, self._position - len(history))
 
