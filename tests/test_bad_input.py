@@ -286,6 +286,33 @@ def test_bad_config_file_and_environment(run, tmp_path: Path, monkeypatch) -> No
     one_error(code, lines, "`$.snapshot_every_s`")
 
 
+def test_hostile_values_in_flags_files_and_environment(run, tmp_path: Path, monkeypatch) -> None:
+    """NaN durations, settings nested 100,000 deep, numbers of 5,000 digits or past 64 bits: one line each."""
+    src = tmp_path / "in.txt"
+    src.write_text(GOOD)
+    for flag in ("--flush-after", "--idle-timeout"):
+        for value in ("nan", "inf", "-1"):
+            code, _, lines = run("watch", str(src), "-q", "What?", f"{flag}={value}", tried=f"watch {flag} {value}")
+            one_error(code, lines, flag, "finite number of seconds")
+    cases = {
+        "deep.json": ('{"stop": ' + "[" * 100_000 + "]" * 100_000 + "}", "nests too deeply"),
+        "deep.toml": ("stop = " + "[" * 100_000 + "]" * 100_000, "nests too deeply"),
+        "digits.json": ('{"seed": ' + "9" * 5000 + "}", "is not valid"),
+        "window.json": ('{"local_window_tokens": 10000000000000000000}', "local_window_tokens"),
+    }
+    for name, (content, expected) in cases.items():
+        cfg = tmp_path / name
+        cfg.write_text(content)
+        code, _, lines = run("ask", str(src), "-q", "What?", "--config", str(cfg), model=False, tried="config: " + name)
+        one_error(code, lines, expected)
+    monkeypatch.setenv("XL3M_STREAM_SEED", "9" * 5000)
+    code, _, lines = run("ask", str(src), "-q", "What?", model=False, tried="environment: 5,000 digits")
+    one_error(code, lines, "XL3M_STREAM_SEED")
+    monkeypatch.setenv("XL3M_STREAM_SEED", str(2**64))
+    code, _, lines = run("ask", str(src), "-q", "What?", model=False, tried="environment: past 64 bits")
+    one_error(code, lines, "seed", "64-bit")
+
+
 def test_unusable_state_directories(run, good_state: Path, tmp_path: Path) -> None:
     src = tmp_path / "in.txt"
     src.write_text(GOOD)

@@ -262,6 +262,63 @@ async def test_bad_input_is_refused_clearly(tiny_model_dir, anyio_backend) -> No
         await engine.feed("after close")
 
 
+async def test_validation_edges_are_clear_errors(tiny_model_dir, anyio_backend) -> None:
+    from xl3m_stream.segment import Segment
+    from xl3m_stream.sources import TextChunk
+
+    deep: list = []
+    for _ in range(100_000):
+        deep = [deep]
+    cycle: dict = {}
+    cycle["self"] = cycle
+    async with Engine(config(tiny_model_dir)) as engine:
+        await engine.feed(TEXT[:400])
+        for bad in (-5, 0, 10**6, 2.5, True):
+            with pytest.raises(InputError, match="max_new_tokens"):
+                await engine.ask("What is the pass key?", max_new_tokens=bad)
+            with pytest.raises(InputError, match="max_new_tokens"):
+                async for _ in engine.ask_stream("What is the pass key?", max_new_tokens=bad):
+                    pass
+        good = Segment(seq=0, start=0, end=3, tokens=(1, 2, 3))
+        for tokens in ((1, 99999, 3), (1, -1, 3)):
+            bad_segment = Segment(seq=1, start=3, end=6, tokens=tokens)
+            with pytest.raises(InputError, match="token id"):
+                await engine.answer_with([good, bad_segment], "What is the pass key?")
+        with pytest.raises(InputError, match="max_new_tokens"):
+            await engine.answer_with([good], "What is the pass key?", max_new_tokens=-5)
+        for meta in ({"a": deep}, cycle, {"n": 2**70}, ["not", "a dict"]):
+            with pytest.raises(InputError, match=r"TextChunk\.meta"):
+                await engine.feed(TextChunk(text="x", meta=meta))
+        assert (await engine.ask("What is the pass key?", max_new_tokens=2)).segments
+
+
+async def test_partial_utf8_around_text_keeps_its_order_and_is_counted(tiny_model_dir, anyio_backend, tmp_path) -> None:
+    """Bytes of an incomplete character, then text: the character is ended (U+FFFD, counted) before
+    the text comes; an incomplete character at a flush is ended and counted too, never dropped."""
+    from xl3m_stream.persistence import read_stream
+
+    state = tmp_path / "state"
+    async with Engine(config(tiny_model_dir, state_dir=str(state))) as engine:
+        await engine.feed(b"A\xe2\x82")
+        await engine.feed("B")
+        await engine.feed(b"\xacC")
+        await engine.feed("D")
+        await engine.feed(b"E\xe2")
+        await engine.flush()
+        assert engine.decode_stats.replaced == 3
+        tokenizer = engine.tokenizer
+    got = read_stream(state)
+    assert tokenizer.decode(got.ids) + got.pending_text == "A\ufffdB\ufffdCDE\ufffd"
+    async with Engine(config(tiny_model_dir, state_dir=str(state))) as engine:
+        await engine.feed(b"F\xe2\x82")
+    async with Engine(config(tiny_model_dir, state_dir=str(state))) as engine:  # held bytes restored
+        ids = engine.tokenizer.encode("G", add_special_tokens=False)
+        await engine.feed(ids)  # token ids end the character too
+        await engine.flush()
+    got = read_stream(state)
+    assert tokenizer.decode(got.ids) == "A\ufffdB\ufffdCDE\ufffdF\ufffdG"
+
+
 async def test_token_ids_and_text_mix_in_order(tiny_model_dir, anyio_backend) -> None:
     async with Engine(config(tiny_model_dir, segment_tokens=8)) as engine:
         ids = engine.tokenizer.encode(" blue sky", add_special_tokens=False)

@@ -499,16 +499,26 @@ def _add_watch_command(sub: Any) -> None:
         help="keep following the file like tail -F (default); --no-follow stops at its end",
     )
     w.add_argument("--from-end", action="store_true", help="start at the end of the file (only new lines)")
-    w.add_argument("--idle-timeout", type=float, metavar="SECONDS", help="stop following after this long without data")
+    w.add_argument(
+        "--idle-timeout", type=seconds, metavar="SECONDS", help="stop following after this long without data"
+    )
     w.add_argument(
         "--flush-after",
-        type=float,
+        type=seconds,
         default=2.0,
         metavar="SECONDS",
         help="score a partial segment once the log has been quiet this long (default 2; 0: never)",
     )
     _engine_options(w)
     w.set_defaults(func=_cmd_watch)
+
+
+def seconds(text: str) -> float:
+    """A duration argument: a finite number of seconds >= 0 (not nan, not inf)."""
+    value = float(text)  # (argparse says "invalid seconds value" when it is not a number)
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds >= 0, got {text!r}")
+    return value
 
 
 def _cmd_watch(args: argparse.Namespace) -> int:
@@ -520,8 +530,6 @@ def _cmd_watch(args: argparse.Namespace) -> int:
     questions = list(args.questions)
     if any(not q.strip() for q in questions):
         raise InputError("--question must not be empty")
-    if args.flush_after < 0 or (args.idle_timeout is not None and args.idle_timeout < 0):
-        raise InputError("--flush-after and --idle-timeout must be >= 0")
     if args.path != "-" and not args.follow:
         _check_input_file(args.path)
     if args.path != "-" and os.path.isdir(args.path):

@@ -75,7 +75,7 @@ from .persistence import (
 )
 from .segment import Segment
 from .segmenter import MetaIndex, Segmenter, newline_token_ids
-from .sources import DecodeStats, Utf8Decoder
+from .sources import MAX_JSON_DEPTH, DecodeStats, Utf8Decoder, nesting_depth
 from .store import SegmentStore, StoreEntry, rank_key, select_best
 from .tokenizer import IncrementalTokenizer, backend_tokenizer
 from .workers import DeviceThreads
@@ -298,19 +298,21 @@ class Engine:
             return await self._feed(data)
 
     async def _feed(self, data: str | bytes | Sequence[int] | Any) -> int:
+        meta = None
+        text = getattr(data, "text", None)
+        if isinstance(text, str) and not isinstance(data, (str, bytes, bytearray, memoryview)):  # a TextChunk
+            meta = getattr(data, "meta", None)
+            data = text
+            if meta is not None:
+                _check_meta(meta)  # it goes to segments, events and the log: refuse it before anything is taken
         if isinstance(data, (bytes, bytearray, memoryview)):
             data = self._bytes.decode(bytes(data))  # one decoder: a character split across feeds survives
             if not data and self._state is not None:  # only part of a character: log its bytes
                 async with self._intake:
                     self._log(self._position, ())
                 await self._commit()
-        meta = None
-        text = getattr(data, "text", None)
-        if isinstance(text, str) and not isinstance(data, str):  # a TextChunk: text and metadata
-            meta = getattr(data, "meta", None)
-            data = text
-            if meta is not None and self._state is not None:
-                _check_meta(meta)  # it goes to the log: refuse it before anything is taken
+        elif isinstance(data, str):
+            await self._end_bytes()
         if isinstance(data, str):
             taken = 0
             for start in range(0, len(data), FEED_SLICE_CHARS):
@@ -319,6 +321,7 @@ class Engine:
             return taken
         if isinstance(data, Sequence) and not isinstance(data, str):
             ids = _check_ids(data, len(self._hf_tokenizer))
+            await self._end_bytes()
             async with self._intake:
                 pos = self._position
                 head, ends = self._itok.flush_with_offsets()  # text fed earlier comes first
@@ -334,6 +337,12 @@ class Engine:
             await self._commit()
             return len(head) + len(ids)
         raise InputError(f"feed() takes str, bytes, token ids or a TextChunk, not {type(data).__name__}")
+
+    async def _end_bytes(self) -> None:
+        """Before text or ids that did not come as bytes: end a character the bytes fed before left
+        incomplete (U+FFFD, counted in ``decode_stats.replaced``), so it cannot land after them."""
+        if self._bytes.held:
+            await self._take_text(self._bytes.final())
 
     async def _take_text(self, text: str, meta: dict[str, Any] | None = None) -> int:
         async with self._intake:
@@ -412,15 +421,17 @@ class Engine:
         self._check_open()
         if self._state is not None:
             self._state.check_writable()
-        async with self._feeding, self._intake:  # (never between the slices of a feed)
-            pos = self._position
-            ids, ends = self._itok.flush_with_offsets()
-            self._meta.add_tokens(ends)
-            self._take_ids(ids, attributed=True)
-            self._cut_tail()
-            self._log(pos, ids, ends, end_doc=True, cut=True)
-            self._flush_now = True
-            self._work.set()
+        async with self._feeding:  # (never between the slices of a feed)
+            await self._end_bytes()  # an incomplete character at the end: U+FFFD, counted
+            async with self._intake:
+                pos = self._position
+                ids, ends = self._itok.flush_with_offsets()
+                self._meta.add_tokens(ends)
+                self._take_ids(ids, attributed=True)
+                self._cut_tail()
+                self._log(pos, ids, ends, end_doc=True, cut=True)
+                self._flush_now = True
+                self._work.set()
         await self._commit()
         await self.drain()
         return len(ids)
@@ -652,6 +663,7 @@ class Engine:
         self, question: str | None = None, *, rescore: str | None = None, max_new_tokens: int | None = None
     ) -> Answer:
         """Answer ``question`` (None: the stream's last ``question_tokens`` tokens, as in the paper)."""
+        _check_max_new_tokens(max_new_tokens)
         started = time.perf_counter()
         ctx, prompt, timing = await self._select(question, rescore, started, max_new_tokens)
         question = ctx.question
@@ -687,6 +699,7 @@ class Engine:
         self, question: str | None = None, *, rescore: str | None = None, max_new_tokens: int | None = None
     ) -> AsyncIterator[str]:
         """Answer ``question`` as it is generated: an async iterator of text pieces."""
+        _check_max_new_tokens(max_new_tokens)
         ctx, prompt, _ = await self._select(question, rescore, time.perf_counter(), max_new_tokens)
         self._counters["asks"] += 1
         async for piece in self._generate(prompt, max_new_tokens, ctx.question):
@@ -828,6 +841,7 @@ class Engine:
         the reader's window leaves).
         """
         self._check_open()
+        _check_answer_args(segments, max_new_tokens, len(self._hf_tokenizer))
         started = time.perf_counter()
         room = self.budget_for(question, max_new_tokens=max_new_tokens, whole_window=True)
         if budget is not None and budget > room:
@@ -1505,10 +1519,29 @@ def _next_records(records: Iterator[Any], n: int = 256) -> list[Any]:
 def _check_meta(meta: Any) -> None:
     if not isinstance(meta, dict):
         raise InputError(f"TextChunk.meta must be a dict or None, not {type(meta).__name__}")
+    if nesting_depth(meta) > MAX_JSON_DEPTH:  # (a reference cycle too)
+        raise InputError(f"TextChunk.meta nests deeper than {MAX_JSON_DEPTH} levels")
     try:
         msgspec.msgpack.encode(meta)
-    except (TypeError, msgspec.EncodeError) as exc:
+    except (TypeError, OverflowError, msgspec.EncodeError) as exc:
         raise InputError(f"TextChunk.meta must hold JSON-compatible values: {exc}") from None
+
+
+def _check_max_new_tokens(value: Any) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 32768):
+        raise InputError(f"max_new_tokens must be an int from 1 to 32768 (or None), got {value!r}")
+
+
+def _check_answer_args(segments: Sequence[Any], max_new_tokens: Any, vocab: int) -> None:
+    """``answer_with``'s own arguments: segments of token ids inside the vocabulary."""
+    _check_max_new_tokens(max_new_tokens)
+    for k, seg in enumerate(segments):
+        if not isinstance(seg, Segment):
+            raise InputError(f"segment #{k} is a {type(seg).__name__}, not a Segment")
+        try:
+            _check_ids(seg.tokens, vocab)
+        except InputError as exc:
+            raise InputError(f"segment #{k} (seq {seg.seq}): {exc}") from None
 
 
 def _check_ids(data: Sequence[Any], vocab: int) -> list[int]:

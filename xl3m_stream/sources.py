@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import codecs
 import logging
+import math
 import os
 import re
 import stat as stat_mod
@@ -412,10 +413,10 @@ async def follow(
     data. Ends when ``stop`` is set or after ``idle_timeout`` seconds without new data;
     with neither it runs until cancelled.
     """
-    if poll_interval <= 0:
-        raise ValueError(f"poll_interval must be > 0, got {poll_interval}")
-    if idle_timeout is not None and idle_timeout < 0:
-        raise ValueError(f"idle_timeout must be >= 0, got {idle_timeout}")
+    if not poll_interval > 0 or not math.isfinite(poll_interval):  # (NaN compares false)
+        raise ValueError(f"poll_interval must be a finite number > 0, got {poll_interval}")
+    if idle_timeout is not None and (not idle_timeout >= 0 or not math.isfinite(idle_timeout)):
+        raise ValueError(f"idle_timeout must be a finite number >= 0 or None, got {idle_timeout}")
     name = os.fspath(path)
     if not isinstance(name, str):
         raise TypeError(f"path must be a str or os.PathLike[str], got {type(path).__name__}")
