@@ -339,8 +339,8 @@ class _Resume:
         self._skip_digest = ""
         checks = [(self.skip, self._at_skip)]
         if self.previous is not None and self.previous.digest:
-            checks.insert(0, (self.previous.taken, self._verify))
-        self._checks = checks
+            checks.append((self.previous.taken, self._verify))
+        self._checks = sorted(checks, key=lambda check: check[0])
         self._run_checks(0)
 
     async def take(self, chunk: Any) -> Any:
