@@ -274,6 +274,26 @@ def test_files_are_private(tmp_path: Path) -> None:
         assert (tmp_path / "s" / name).stat().st_mode & 0o077 == 0, name
 
 
+def test_a_format_1_directory_is_upgraded_on_open_and_a_newer_one_refused(tmp_path: Path) -> None:
+    """Records may now carry an input mark, which xl3m-stream 0.1 cannot read: a directory it
+    wrote (format 1) is marked format 2 when opened, so 0.1 refuses it cleanly instead of cutting
+    the log at the first new record; a format this version does not know is refused."""
+    write_records(tmp_path, [([1, 2], "ab")])
+    meta_path = tmp_path / P.META_NAME
+    v1 = msgspec.structs.replace(P.read_meta(tmp_path), version=1)
+    meta_path.write_bytes(msgspec.json.encode(v1))
+    assert P.read_meta(tmp_path).version == 1  # still readable as it is
+    state, got = replay_all(tmp_path)
+    assert got == [([1, 2], "ab")] and state.report.upgraded_from == 1
+    assert any("format 1" in note for note in state.report.notes())
+    state.close()
+    assert P.read_meta(tmp_path) == msgspec.structs.replace(v1, version=P.FORMAT_VERSION)
+    assert P.stream_id(P.read_meta(tmp_path)) == P.stream_id(v1)  # the same stream
+    meta_path.write_bytes(msgspec.json.encode(msgspec.structs.replace(v1, version=P.FORMAT_VERSION + 1)))
+    with pytest.raises(StateError, match=f"format version {P.FORMAT_VERSION + 1}"):
+        open_dir(tmp_path)
+
+
 def test_unreadable_meta_or_log_header_is_a_state_error(tmp_path: Path) -> None:
     open_dir(tmp_path).close()
     (tmp_path / P.META_NAME).write_text("{not json")
@@ -440,8 +460,9 @@ def plant(snapshot: Path, into: Path, *, strip_new_fields: bool = False) -> Path
     data = snapshot.read_bytes()
     if strip_new_fields:
         payload = msgspec.msgpack.decode(data[12:])
-        for name in ("stream_id", "last_record"):
+        for name in ("stream_id", "last_record", "input"):
             payload.pop(name, None)
+        payload["version"] = 1
         data = P.frame(P.SNAPSHOT_MAGIC, msgspec.msgpack.encode(payload))
     target = into / "snapshot-9999999999999999.bin"
     target.write_bytes(data)

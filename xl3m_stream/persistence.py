@@ -77,7 +77,10 @@ log = logging.getLogger("xl3m_stream.persistence")
 
 Fsync = Literal["always", "interval", "never"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""Written into meta.json and snapshots. 2: log records may carry an input mark (``StreamRecord.input``)."""
+READABLE_VERSIONS = (1, 2)
+"""Formats this version reads; a format-1 directory is marked format 2 when an engine opens it."""
 STATE_KIND = "xl3m-stream-state"
 META_NAME = "meta.json"
 LOCK_NAME = "lock"
@@ -270,6 +273,8 @@ class RecoveryReport(msgspec.Struct, kw_only=True):
     """Where the cut-off bytes were kept."""
     model_changed: bool = False
     """The state was written with another model (same tokenizer): stored scores count as stale."""
+    upgraded_from: int | None = None
+    """The directory was in this older format; it is now marked with the current one."""
     seconds: float = 0.0
 
     def notes(self) -> list[str]:
@@ -285,6 +290,11 @@ class RecoveryReport(msgspec.Struct, kw_only=True):
             out.append(f"state {self.state_dir}: snapshot not used: {skipped}")
         if self.model_changed:
             out.append(f"state {self.state_dir}: written with another model; stored scores will be recomputed")
+        if self.upgraded_from is not None:
+            out.append(
+                f"state {self.state_dir}: upgraded from format {self.upgraded_from} to {FORMAT_VERSION} "
+                f"(older xl3m-stream versions will refuse it)"
+            )
         return out
 
 
@@ -414,9 +424,10 @@ def read_meta(path: str | os.PathLike[str]) -> StateMeta | None:
         raise StateError(f"state dir {folder}: {META_NAME} is unreadable: {exc}") from None
     if meta.kind != STATE_KIND:
         raise StateError(f"state dir {folder}: {META_NAME} is not an xl3m-stream state (kind {meta.kind!r})")
-    if meta.version != FORMAT_VERSION:
+    if meta.version not in READABLE_VERSIONS:
         raise StateError(
-            f"state dir {folder}: format version {meta.version}, this xl3m-stream reads version {FORMAT_VERSION}"
+            f"state dir {folder}: format version {meta.version}, this xl3m-stream reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}"
         )
     return meta
 
@@ -648,7 +659,7 @@ def _load_snapshot(path: Path, layout: Layout, stream: str, log_path: Path, log_
         snap = _snapshot_decoder.decode(payload)
     except msgspec.DecodeError as exc:
         raise ValueError(f"undecodable: {exc}") from None
-    if snap.version != FORMAT_VERSION:
+    if snap.version not in READABLE_VERSIONS:
         raise ValueError(f"format version {snap.version}")
     if snap.stream_id and snap.stream_id != stream:
         raise ValueError(f"it belongs to another stream (id {snap.stream_id}, this directory's is {stream})")
@@ -816,6 +827,10 @@ class StateDir:
                 created = True
             else:
                 _check_layout(folder, meta.layout, layout)
+            upgraded_from = meta.version if meta.version != FORMAT_VERSION else None
+            if upgraded_from is not None:  # records written from now on are format 2's: say so first
+                meta = msgspec.structs.replace(meta, version=FORMAT_VERSION)
+                write_atomic(folder / META_NAME, msgspec.json.format(msgspec.json.encode(meta)) + b"\n")
             log_fd = _open_log(folder / LOG_NAME)
         except StateError:
             os.close(lock_fd)
@@ -825,6 +840,7 @@ class StateDir:
             raise StateError(f"state dir {folder}: {exc}") from None
         state = cls(folder, meta, lock_fd, log_fd, fsync, created)
         state.report.model_changed = not created and meta.model_name != model_name
+        state.report.upgraded_from = upgraded_from
         return state
 
     # -- recovery ---------------------------------------------------------------------
