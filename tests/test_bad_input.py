@@ -187,6 +187,40 @@ def test_malformed_json_lines_are_skipped_counted_and_logged(
     assert any(v == "disk" or (isinstance(v, list) and "disk" in v) for v in services)  # metadata survived the log
 
 
+def test_hostile_json_lines_are_skipped_and_ingest_and_watch_go_on(
+    run, good_state: Path, tmp_path: Path, tiny_model_dir
+) -> None:
+    """A record nested 1,000 deep (2 KB), one 100,000 deep and a number too big for any type:
+    each skipped and counted; the records around them are kept and a watch keeps watching."""
+    src = tmp_path / "hostile.jsonl"
+    src.write_text(
+        '{"level": "info", "message": "before the bomb"}\n'
+        + "[" * 1000
+        + "]" * 1000
+        + "\n"
+        + '{"message": "deep", "x": '
+        + "[" * 100_000
+        + "]" * 100_000
+        + "}\n"
+        + '{"message": "huge", "n": '
+        + "9" * 5000
+        + "}\n"
+        + '{"level": "error", "message": "after the bomb"}\n'
+    )
+    code, _, lines = run("ingest", str(src), "--jsonl", "--state-dir", str(good_state), tried="JSON nested 1000 deep")
+    assert code == 0, lines
+    assert any("skipped 3 JSON-lines record(s)" in n for n in notes(lines)), lines
+    text = stream_text(tiny_model_dir, good_state)
+    assert text.startswith(GOOD) and "INFO before the bomb\n" in text and "ERROR after the bomb\n" in text
+    code, out, lines = run(
+        "watch", str(src), "--format", "jsonl", "--no-follow", "-q", "What failed?", "--jsonl",
+        "--threshold=-1e30", "--warmup", "0", "--no-lexical", tried="JSON nested 1000 deep (watch)",
+    )  # fmt: skip
+    assert code == 0, lines
+    assert any("skipped 3 JSON-lines record(s)" in n for n in notes(lines)), lines
+    assert "after the bomb" in out
+
+
 def test_missing_file_directory_and_unknown_model(run, good_state: Path, tmp_path: Path) -> None:
     before = read_stream(good_state)
     fresh = tmp_path / "fresh-state"
@@ -252,6 +286,33 @@ def test_bad_config_file_and_environment(run, tmp_path: Path, monkeypatch) -> No
     one_error(code, lines, "`$.snapshot_every_s`")
 
 
+def test_hostile_values_in_flags_files_and_environment(run, tmp_path: Path, monkeypatch) -> None:
+    """NaN durations, settings nested 100,000 deep, numbers of 5,000 digits or past 64 bits: one line each."""
+    src = tmp_path / "in.txt"
+    src.write_text(GOOD)
+    for flag in ("--flush-after", "--idle-timeout"):
+        for value in ("nan", "inf", "-1"):
+            code, _, lines = run("watch", str(src), "-q", "What?", f"{flag}={value}", tried=f"watch {flag} {value}")
+            one_error(code, lines, flag, "finite number of seconds")
+    cases = {
+        "deep.json": ('{"stop": ' + "[" * 100_000 + "]" * 100_000 + "}", "nests too deeply"),
+        "deep.toml": ("stop = " + "[" * 100_000 + "]" * 100_000, "nests too deeply"),
+        "digits.json": ('{"seed": ' + "9" * 5000 + "}", "is not valid"),
+        "window.json": ('{"local_window_tokens": 10000000000000000000}', "local_window_tokens"),
+    }
+    for name, (content, expected) in cases.items():
+        cfg = tmp_path / name
+        cfg.write_text(content)
+        code, _, lines = run("ask", str(src), "-q", "What?", "--config", str(cfg), model=False, tried="config: " + name)
+        one_error(code, lines, expected)
+    monkeypatch.setenv("XL3M_STREAM_SEED", "9" * 5000)
+    code, _, lines = run("ask", str(src), "-q", "What?", model=False, tried="environment: 5,000 digits")
+    one_error(code, lines, "XL3M_STREAM_SEED")
+    monkeypatch.setenv("XL3M_STREAM_SEED", str(2**64))
+    code, _, lines = run("ask", str(src), "-q", "What?", model=False, tried="environment: past 64 bits")
+    one_error(code, lines, "seed", "64-bit")
+
+
 def test_unusable_state_directories(run, good_state: Path, tmp_path: Path) -> None:
     src = tmp_path / "in.txt"
     src.write_text(GOOD)
@@ -277,6 +338,64 @@ def test_unusable_state_directories(run, good_state: Path, tmp_path: Path) -> No
     )
     one_error(code, lines, "segment_tokens=32")
     assert sorted(p.name for p in home.iterdir()) == ["notes.txt"]
+
+
+def test_a_damaged_log_under_the_snapshot_refuses_rescan_in_one_line(run, good_state: Path) -> None:
+    log = good_state / "segments.log"
+    data = bytearray(log.read_bytes())
+    data[40] ^= 0x01  # in the first record, long covered by the snapshot
+    log.write_bytes(bytes(data))
+    question = "What is the pass key?"
+    argv = ["ask", "--state-dir", str(good_state), "-q", question]
+    code, _, lines = run(*argv, "--rescan", tried="damaged log + rescan")
+    one_error(code, lines, "the log is damaged at byte", "left as it was")
+    code, out, lines = run(*argv, "--json")
+    assert code == 0 and json.loads(out)["segments"] and not lines  # the store still answers
+
+
+@pytest.mark.parametrize("planted", ["fifo meta.json", "fifo snapshot", "hard link lock"])
+def test_special_files_planted_in_a_state_dir(run, good_state: Path, tmp_path: Path, planted: str) -> None:
+    """Refused in one line (or, for a snapshot, skipped with a note), never hung on or written through."""
+    import os
+
+    src = tmp_path / "more.txt"
+    src.write_text("more text\n")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    if planted == "fifo meta.json":
+        (good_state / "meta.json").unlink()
+        os.mkfifo(good_state / "meta.json")
+    elif planted == "fifo snapshot":
+        os.mkfifo(good_state / "snapshot-9999999999999999.bin")
+    else:
+        (good_state / "lock").unlink()
+        os.link(victim, good_state / "lock")
+    code, out, lines = run("ingest", str(src), "--state-dir", str(good_state), tried="planted " + planted)
+    if planted == "fifo snapshot":
+        assert code == 0 and "ingested" in out
+        assert any("snapshot not used" in n and "a FIFO" in n for n in notes(lines)), lines
+    else:
+        one_error(code, lines, "hard links" if "link" in planted else "not a regular file (a FIFO)")
+    assert victim.read_text() == "precious"
+
+
+def test_ingesting_the_same_file_again_takes_only_what_is_new_and_refuses_a_rewritten_one(
+    run, good_state: Path, tmp_path: Path, tiny_model_dir
+) -> None:
+    src = tmp_path / "good.txt"  # what good_state was ingested from
+    code, out, lines = run("ingest", str(src), "--state-dir", str(good_state), tried="the same file again")
+    assert (
+        code == 0
+        and "ingested 0 tokens" in out
+        and notes(lines) == [f"xl3m-stream: note: nothing new in {src}: the state already holds all of it"]
+    )
+    src.write_text(GOOD.replace("12345", "99999"))
+    code, _, lines = run("ingest", str(src), "--state-dir", str(good_state), tried="a file rewritten since its ingest")
+    one_error(code, lines, "changed since it was ingested", "--from-start")
+    src.write_text("short\n")
+    code, _, lines = run("ingest", str(src), "--state-dir", str(good_state), tried="a file truncated since its ingest")
+    one_error(code, lines, "fewer than the", "--from-start")
+    assert stream_text(tiny_model_dir, good_state) == GOOD
 
 
 def test_figures(run) -> None:

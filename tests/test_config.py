@@ -32,6 +32,10 @@ BAD_VALUES = [
     {"model": ""},
     {"reader_window": 32, "max_new_tokens": 64},
     {"rescore": "sometimes"},
+    {"local_window_tokens": 10**19},
+    {"seed": 2**64},
+    {"store_tokens": 2**63},
+    {"context_tokens": 10**30},
 ]
 
 
@@ -82,3 +86,18 @@ def test_from_env_overrides() -> None:
     assert (config.segment_tokens, config.model, config.devices, config.batch_size) == (64, "/models/x", ["cpu"], 2)
     with pytest.raises(ConfigError):
         EngineConfig.from_env(environ={"XL3M_STREAM_BATCH_SIZE": "-3"})
+
+
+def test_hostile_config_files_and_environment_values_are_config_errors(tmp_path) -> None:
+    deep_json = tmp_path / "deep.json"
+    deep_json.write_text('{"stop": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    deep_toml = tmp_path / "deep.toml"
+    deep_toml.write_text("stop = " + "[" * 100_000 + "]" * 100_000 + "\n")
+    digits = tmp_path / "digits.json"
+    digits.write_text('{"seed": ' + "9" * 5000 + "}")
+    for path in (deep_json, deep_toml, digits):
+        with pytest.raises(ConfigError, match=str(path.name)):
+            EngineConfig.from_file(path)
+    for raw in ("9" * 5000, "[" * 100_000 + "]" * 100_000):
+        with pytest.raises(ConfigError, match="XL3M_STREAM_SEED"):
+            EngineConfig.from_env(environ={"XL3M_STREAM_SEED": raw})

@@ -262,6 +262,63 @@ async def test_bad_input_is_refused_clearly(tiny_model_dir, anyio_backend) -> No
         await engine.feed("after close")
 
 
+async def test_validation_edges_are_clear_errors(tiny_model_dir, anyio_backend) -> None:
+    from xl3m_stream.segment import Segment
+    from xl3m_stream.sources import TextChunk
+
+    deep: list = []
+    for _ in range(100_000):
+        deep = [deep]
+    cycle: dict = {}
+    cycle["self"] = cycle
+    async with Engine(config(tiny_model_dir)) as engine:
+        await engine.feed(TEXT[:400])
+        for bad in (-5, 0, 10**6, 2.5, True):
+            with pytest.raises(InputError, match="max_new_tokens"):
+                await engine.ask("What is the pass key?", max_new_tokens=bad)
+            with pytest.raises(InputError, match="max_new_tokens"):
+                async for _ in engine.ask_stream("What is the pass key?", max_new_tokens=bad):
+                    pass
+        good = Segment(seq=0, start=0, end=3, tokens=(1, 2, 3))
+        for tokens in ((1, 99999, 3), (1, -1, 3)):
+            bad_segment = Segment(seq=1, start=3, end=6, tokens=tokens)
+            with pytest.raises(InputError, match="token id"):
+                await engine.answer_with([good, bad_segment], "What is the pass key?")
+        with pytest.raises(InputError, match="max_new_tokens"):
+            await engine.answer_with([good], "What is the pass key?", max_new_tokens=-5)
+        for meta in ({"a": deep}, cycle, {"n": 2**70}, ["not", "a dict"]):
+            with pytest.raises(InputError, match=r"TextChunk\.meta"):
+                await engine.feed(TextChunk(text="x", meta=meta))
+        assert (await engine.ask("What is the pass key?", max_new_tokens=2)).segments
+
+
+async def test_partial_utf8_around_text_keeps_its_order_and_is_counted(tiny_model_dir, anyio_backend, tmp_path) -> None:
+    """Bytes of an incomplete character, then text: the character is ended (U+FFFD, counted) before
+    the text comes; an incomplete character at a flush is ended and counted too, never dropped."""
+    from xl3m_stream.persistence import read_stream
+
+    state = tmp_path / "state"
+    async with Engine(config(tiny_model_dir, state_dir=str(state))) as engine:
+        await engine.feed(b"A\xe2\x82")
+        await engine.feed("B")
+        await engine.feed(b"\xacC")
+        await engine.feed("D")
+        await engine.feed(b"E\xe2")
+        await engine.flush()
+        assert engine.decode_stats.replaced == 3
+        tokenizer = engine.tokenizer
+    got = read_stream(state)
+    assert tokenizer.decode(got.ids) + got.pending_text == "A\ufffdB\ufffdCDE\ufffd"
+    async with Engine(config(tiny_model_dir, state_dir=str(state))) as engine:
+        await engine.feed(b"F\xe2\x82")
+    async with Engine(config(tiny_model_dir, state_dir=str(state))) as engine:  # held bytes restored
+        ids = engine.tokenizer.encode("G", add_special_tokens=False)
+        await engine.feed(ids)  # token ids end the character too
+        await engine.flush()
+    got = read_stream(state)
+    assert tokenizer.decode(got.ids) == "A\ufffdB\ufffdCDE\ufffdF\ufffdG"
+
+
 async def test_token_ids_and_text_mix_in_order(tiny_model_dir, anyio_backend) -> None:
     async with Engine(config(tiny_model_dir, segment_tokens=8)) as engine:
         ids = engine.tokenizer.encode(" blue sky", add_special_tokens=False)
@@ -283,6 +340,131 @@ def test_sync_engine(tiny_model_dir) -> None:
         assert engine.stats().asks >= 1
     with pytest.raises(EngineClosedError):
         engine.ask("x")
+
+
+def test_sync_engine_started_twice_stays_usable_and_closes(tiny_model_dir, tmp_path) -> None:
+    """start() then ``with engine:`` (or start() twice): one engine, usable, closed once, its state released."""
+    from xl3m_stream.persistence import read_snapshot
+
+    state = tmp_path / "state"
+    engine = SyncEngine(config(tiny_model_dir, state_dir=str(state)))
+    assert engine.start() is engine
+    with engine:
+        assert engine.start() is engine  # harmless
+        engine.feed(TEXT[:300])
+        engine.flush()
+        assert engine.ask("What is the pass key?").segments
+        tokens = engine.stats().tokens_in
+    with pytest.raises(EngineClosedError):
+        engine.feed("more")
+    engine.close()  # closing again is harmless too
+    with pytest.raises(EngineClosedError, match="closed"):
+        engine.start()  # an engine runs once: a clear error, nothing started
+    snap = read_snapshot(state)
+    assert snap is not None and snap.position == tokens  # the final snapshot was written at close
+    with SyncEngine(config(tiny_model_dir, state_dir=str(state))) as again:  # and the lock released
+        assert again.recovery is not None and again.recovery.tokens == tokens
+
+
+async def test_abandoned_event_subscribers_are_released_and_subscribers_bounded(tiny_model_dir, anyio_backend) -> None:
+    import gc
+    import weakref
+
+    from xl3m_stream.engine import MAX_SUBSCRIBERS
+
+    async with Engine(config(tiny_model_dir)) as engine:
+        kept = engine.events()
+        refs = []
+        for _ in range(30):  # `async for event in engine.events(): break`, 30 times
+            stream = engine.events()
+            refs.append(weakref.ref(stream))
+            await engine.process([TEXT[:200]])
+            async for _event in stream:
+                break
+            del stream
+        await engine.process([TEXT[:400]])
+        gc.collect()
+        assert [r for r in refs if r() is not None] == []  # the engine holds none of them
+        assert drain_events(kept)  # a subscriber still held goes on receiving
+        streams = [engine.events() for _ in range(MAX_SUBSCRIBERS - 1)]
+        with pytest.raises(InputError, match=f"{MAX_SUBSCRIBERS} event subscribers"):
+            engine.events()
+        streams.pop().close()  # closing one frees its place
+        async with engine.events() as last:
+            await engine.process([TEXT[:200]])
+            assert drain_events(last)
+
+
+async def test_concurrent_feeds_and_flushes_never_split_a_feed(tiny_model_dir, anyio_backend, tmp_path) -> None:
+    """Two tasks feed one big string each (several slices) while a third flushes: each feed
+    arrives whole, so the stream is one string after the other and no token is split."""
+    from xl3m_stream.persistence import read_stream
+
+    a, b = "alpha " * 23_000, "bravo " * 23_000  # 138,000 characters each: 3 feed slices
+    state = tmp_path / "state"
+    cfg = config(tiny_model_dir, state_dir=str(state), segment_tokens=256, batch_size=8, question=None)
+    async with Engine(cfg) as engine:
+
+        async def flush_mid_feed() -> None:
+            while engine.stream_tokens == 0:
+                await anyio.sleep(0)
+            await engine.flush()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(engine.feed, a)
+            tg.start_soon(engine.feed, b)
+            tg.start_soon(flush_mid_feed)
+        await engine.flush()
+        tokenizer = engine.tokenizer
+    got = read_stream(state)
+    text = tokenizer.decode(got.ids)
+    assert text in (a + b, b + a), [w for w in set(text.split()) if w not in ("alpha", "bravo")][:5]
+    first, second = (a, b) if text.startswith("alpha") else (b, a)
+
+    def encode(text: str) -> list[int]:
+        return tokenizer.encode(text, add_special_tokens=False)
+
+    # the flush came between the feeds or after both; inside one it would have cut a word in two
+    assert got.ids in (encode(first + second), encode(first) + encode(second))
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # (intake is the same under trio; this one is slow)
+async def test_a_large_local_window_keeps_intake_linear(tiny_model_dir, anyio_backend) -> None:
+    """With a 2M-token local window, 200 small feeds cost the same after 200k tokens as at the
+    start (the recent tokens were copied on every feed: quadratic intake, 10x slower here)."""
+    import time
+
+    cfg = config(tiny_model_dir, question=None, local_window_tokens=2_000_000, segment_tokens=900, batch_size=16)
+    async with Engine(cfg) as engine:
+        ids = engine.tokenizer.encode(TEXT, add_special_tokens=False)
+
+        async def block() -> float:
+            await engine.drain()
+            started = time.perf_counter()
+            for i in range(200):
+                await engine.feed(ids[i % 100 : i % 100 + 50])
+            return time.perf_counter() - started
+
+        early = await block()
+        for _ in range(200_000 // len(ids)):
+            await engine.feed(ids)
+        late = await block()
+        assert engine.stream_tokens > 200_000
+    assert late < 3 * early + 0.05, (early, late)
+
+
+async def test_the_local_window_does_not_change_rolling_questions(tiny_model_dir, anyio_backend) -> None:
+    scores = []
+    for window in (0, 1_000_000):
+        # (batch_size=1: a batch is scored against its first segment's window, so batching would vary it)
+        cfg = config(tiny_model_dir, question=None, local_window_tokens=window, batch_size=1)
+        async with Engine(cfg) as engine:
+            events = engine.events()
+            for i in range(0, 1500, 70):
+                await engine.feed(TEXT[i : i + 70])
+            await engine.flush()
+            scores.append(sorted((e.seq, e.score) for e in drain_events(events) if isinstance(e, SegmentScored)))
+    assert scores[0] and scores[0] == scores[1]
 
 
 async def test_source_metadata_reaches_segments(tiny_model_dir, anyio_backend) -> None:

@@ -86,3 +86,14 @@ def test_sync_memory(tiny_model_dir) -> None:
         assert isinstance(memory.answer("What is the pass key?").text, str)
     with pytest.raises(Exception, match="not running"):
         memory.recall("What is the pass key?")
+
+
+def test_sync_memory_started_twice_stays_usable(tiny_model_dir) -> None:
+    memory = SyncAgentMemory(**settings(tiny_model_dir)).start()
+    with memory:
+        assert memory.start() is memory
+        memory.add("The pass key is 12345.", role="user")
+        assert memory.recall("What is the pass key?").segments
+    with pytest.raises(Exception, match="closed"):
+        memory.start()
+    memory.close()

@@ -21,6 +21,7 @@ import pytest
 from helpers import tiny_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from transformers import AutoTokenizer
 
 from xl3m_stream import Engine, EngineConfig, InputError, StateError
 from xl3m_stream import persistence as P
@@ -199,12 +200,98 @@ def test_state_dir_paths_are_validated(tmp_path: Path) -> None:
     assert target.read_bytes() == LOG_HEADER
 
 
+def within(seconds: float, fn, *args):
+    """``fn(*args)``'s result or exception, failing the test if it hangs (a FIFO opened blocking)."""
+    out: list = []
+
+    def run() -> None:
+        try:
+            out.append((True, fn(*args)))
+        except BaseException as exc:  # handed to the test
+            out.append((False, exc))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert out, f"{fn.__name__} hung"
+    ok, value = out[0]
+    if not ok:
+        raise value
+    return value
+
+
+@pytest.mark.parametrize("name", [P.LOCK_NAME, P.LOG_NAME])
+def test_a_hard_link_planted_in_a_state_dir_is_never_written_through(tmp_path: Path, name: str) -> None:
+    state = tmp_path / "state"
+    write_records(state, [([1, 2], "ab")])
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"precious")
+    (state / name).unlink()
+    os.link(victim, state / name)
+    with pytest.raises(StateError, match="hard link"):
+        open_dir(state)
+    assert victim.read_bytes() == b"precious"
+
+
+def test_atomic_writes_replace_a_hard_link_planted_at_their_temporary_name(tmp_path: Path) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"precious")
+    target = tmp_path / "snapshot-0000000000000001.bin"
+    os.link(victim, target.with_name(f"{P.TMP_PREFIX}{target.name}.{os.getpid()}"))
+    P.write_atomic(target, b"snapshot bytes")
+    assert target.read_bytes() == b"snapshot bytes" and victim.read_bytes() == b"precious"
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory"])
+@pytest.mark.parametrize("name", [P.META_NAME, P.LOG_NAME, P.LOCK_NAME, "snapshot-0000000000000009.bin"])
+def test_special_files_planted_in_a_state_dir_are_refused_without_hanging(tmp_path: Path, name: str, kind: str) -> None:
+    state = tmp_path / "state"
+    write_records(state, [([1, 2], "ab")])
+    target = state / name
+    if target.exists():
+        target.unlink()
+    os.mkfifo(target) if kind == "fifo" else target.mkdir()
+    if name.startswith("snapshot-"):  # an unusable snapshot: skipped, reported, the log replayed
+        state_dir = within(10, open_dir, state)
+        within(10, state_dir.recover)
+        assert [ids for _, ids, _ in state_dir.replay()] == [[1, 2]]
+        assert "not a regular file" in state_dir.report.skipped_snapshots[0]
+        state_dir.close()
+        assert within(10, P.read_snapshot, state) is None
+        return
+    with pytest.raises(StateError, match="not a regular file"):
+        within(10, open_dir, state)
+    if name != P.LOCK_NAME:
+        with pytest.raises(StateError, match="not a regular file"):
+            within(10, read_stream, state)
+
+
 def test_files_are_private(tmp_path: Path) -> None:
     state = open_dir(tmp_path / "s")
     state.close()
     assert (tmp_path / "s").stat().st_mode & 0o077 == 0
     for name in (P.META_NAME, P.LOG_NAME, P.LOCK_NAME):
         assert (tmp_path / "s" / name).stat().st_mode & 0o077 == 0, name
+
+
+def test_a_format_1_directory_is_upgraded_on_open_and_a_newer_one_refused(tmp_path: Path) -> None:
+    """Records may now carry an input mark, which xl3m-stream 0.1 cannot read: a directory it
+    wrote (format 1) is marked format 2 when opened, so 0.1 refuses it cleanly instead of cutting
+    the log at the first new record; a format this version does not know is refused."""
+    write_records(tmp_path, [([1, 2], "ab")])
+    meta_path = tmp_path / P.META_NAME
+    v1 = msgspec.structs.replace(P.read_meta(tmp_path), version=1)
+    meta_path.write_bytes(msgspec.json.encode(v1))
+    assert P.read_meta(tmp_path).version == 1  # still readable as it is
+    state, got = replay_all(tmp_path)
+    assert got == [([1, 2], "ab")] and state.report.upgraded_from == 1
+    assert any("format 1" in note for note in state.report.notes())
+    state.close()
+    assert P.read_meta(tmp_path) == msgspec.structs.replace(v1, version=P.FORMAT_VERSION)
+    assert P.stream_id(P.read_meta(tmp_path)) == P.stream_id(v1)  # the same stream
+    meta_path.write_bytes(msgspec.json.encode(msgspec.structs.replace(v1, version=P.FORMAT_VERSION + 1)))
+    with pytest.raises(StateError, match=f"format version {P.FORMAT_VERSION + 1}"):
+        open_dir(tmp_path)
 
 
 def test_unreadable_meta_or_log_header_is_a_state_error(tmp_path: Path) -> None:
@@ -357,6 +444,89 @@ async def test_a_corrupt_snapshot_falls_back_to_an_older_one_or_the_log(
         assert len(engine.store) > 0
 
 
+def record_starts(log: Path) -> list[int]:
+    """Byte offset of every record in a log (its framing only)."""
+    data = log.read_bytes()
+    at, starts = len(LOG_HEADER), []
+    while at + 12 <= len(data):
+        starts.append(at)
+        at += 12 + int.from_bytes(data[at + 4 : at + 8], "little")
+    return starts
+
+
+def plant(snapshot: Path, into: Path, *, strip_new_fields: bool = False) -> Path:
+    """Copy ``snapshot`` into state ``into`` as its newest snapshot (optionally as written before
+    snapshots named their stream and last record)."""
+    data = snapshot.read_bytes()
+    if strip_new_fields:
+        payload = msgspec.msgpack.decode(data[12:])
+        for name in ("stream_id", "last_record", "input"):
+            payload.pop(name, None)
+        payload["version"] = 1
+        data = P.frame(P.SNAPSHOT_MAGIC, msgspec.msgpack.encode(payload))
+    target = into / "snapshot-9999999999999999.bin"
+    target.write_bytes(data)
+    return target
+
+
+@pytest.mark.parametrize("kind", ["another stream", "another stream, old format", "a diverged copy"])
+async def test_a_snapshot_from_another_stream_is_refused_and_nothing_is_cut(
+    tiny_model_dir, tmp_path: Path, anyio_backend, kind: str
+) -> None:
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    async with Engine(config(tiny_model_dir, ours)) as engine:
+        for i in range(0, 600, 60):
+            await engine.feed(TEXT[i : i + 60])
+    if kind == "a diverged copy":  # the same stream up to here, then another
+        shutil.copytree(ours, theirs)
+        async with Engine(config(tiny_model_dir, theirs)) as engine:
+            await engine.feed("Then it went elsewhere: the pass key is 999.\n" * 6)
+    async with Engine(config(tiny_model_dir, ours)) as engine:
+        for i in range(600, len(TEXT), 60):
+            await engine.feed(TEXT[i : i + 60])
+        tokens = engine.stream_tokens
+    if kind != "a diverged copy":
+        async with Engine(config(tiny_model_dir, theirs)) as engine:
+            await engine.feed("Another stream entirely: the pass key is 999.\n" * 5)
+    foreign = sorted(theirs.glob("snapshot-*.bin"))[-1]
+    offset = P.read_snapshot(theirs).log_offset
+    log = ours / P.LOG_NAME
+    assert offset < log.stat().st_size
+    if kind != "a diverged copy":
+        assert offset not in record_starts(log)  # it points inside a record of ours
+    before = log.read_bytes()
+    planted = plant(foreign, ours, strip_new_fields=kind.endswith("old format"))
+    async with Engine(config(tiny_model_dir, ours)) as engine:
+        report = engine.recovery
+        assert report is not None and report.snapshot != planted.name
+        assert len(report.skipped_snapshots) == 1 and planted.name in report.skipped_snapshots[0]
+        assert report.dropped_bytes == 0  # nothing of our log was cut
+        assert engine.stream_tokens == tokens
+        assert not any("999" in engine.tokenizer.decode(list(e.segment.tokens)) for e in engine.store)
+    assert log.read_bytes() == before
+    assert (ours / (planted.name + ".unusable")).exists()
+
+
+async def test_a_snapshot_written_before_stream_ids_still_restores(
+    tiny_model_dir, tmp_path: Path, anyio_backend
+) -> None:
+    state = tmp_path / "state"
+    async with Engine(config(tiny_model_dir, state)) as engine:
+        await engine.feed(TEXT[:700])
+        tokens = engine.stream_tokens
+    newest = sorted(state.glob("snapshot-*.bin"))[-1]
+    old = plant(newest, state, strip_new_fields=True)
+    newest.unlink()
+    async with Engine(config(tiny_model_dir, state)) as engine:
+        report = engine.recovery
+        assert report is not None and report.snapshot == old.name and not report.skipped_snapshots
+        assert engine.stream_tokens == tokens and report.replayed_records == 0
+        await engine.feed(TEXT[700:])
+        await engine.flush()
+    got = read_stream(state)
+    assert engine.tokenizer.decode(got.ids) == TEXT
+
+
 async def test_unscored_segments_are_scored_after_a_restart(tiny_model_dir, tmp_path: Path, anyio_backend) -> None:
     state = tmp_path / "state"
     cfg = config(tiny_model_dir, state, batch_size=1, max_pending_segments=1000)
@@ -483,6 +653,92 @@ async def test_rescan_scores_the_whole_kept_stream(tiny_model_dir, tmp_path: Pat
     async with Engine(config(tiny_model_dir, state).replace(state_dir=None)) as engine:
         with pytest.raises(StateError, match="needs a state_dir"):
             await engine.rescan("What?")
+
+
+async def test_a_damaged_record_under_the_snapshot_stops_a_rescan_and_keeps_the_store(
+    tiny_model_dir, tmp_path: Path, anyio_backend
+) -> None:
+    """A byte flipped in a record the snapshot covers: the restart does not need it, but a
+    re-scan does. It must say where the log is damaged and leave the store as it was."""
+    state = tmp_path / "state"
+    cfg = config(tiny_model_dir, state, question=None, store_segments=3)
+    async with Engine(cfg) as engine:
+        for i in range(0, len(TEXT), 100):
+            await engine.feed(TEXT[i : i + 100])
+        await engine.flush()
+        tokens, cut = engine.stream_tokens, engine.stats().segments_cut
+    log = state / P.LOG_NAME
+    data = bytearray(log.read_bytes())
+    data[len(LOG_HEADER) + 600] ^= 0x10  # inside an early record
+    log.write_bytes(bytes(data))
+    async with Engine(cfg) as engine:
+        report = engine.recovery
+        assert report is not None and report.snapshot is not None and report.replayed_records == 0
+        assert engine.stream_tokens == tokens
+        before = sorted((e.segment.seq, e.score, e.question_id) for e in engine.store)
+        with pytest.raises(StateError, match=r"damaged at byte \d+.*of the \d+ segments.*left as it was") as err:
+            await engine.rescan("What is the pass key?")
+        assert f"of the {cut} segments" in str(err.value)
+        assert sorted((e.segment.seq, e.score, e.question_id) for e in engine.store) == before
+        assert len(engine.store) == 3
+        await engine.feed(" the stream goes on")
+    assert log.read_bytes()[: len(data)] == bytes(data)  # the damaged bytes are still there to inspect
+    assert read_stream(state).torn is not None
+
+
+def test_ingest_resumes_its_input_after_a_crash_and_takes_only_what_was_appended(
+    tiny_model_dir, tmp_path: Path
+) -> None:
+    """``xl3m-stream ingest FILE`` killed midway and run again goes on where the log stops, and a
+    file grown since a complete ingest adds only its new end; a rewritten file is refused."""
+    import contextlib
+    import io
+
+    from xl3m_stream.cli import main
+
+    src, state = tmp_path / "app.log", tmp_path / "state"
+    src.write_text(TEXT)
+    argv = ["ingest", str(src), "--state-dir", str(state), "--model", str(tiny_model_dir), "--segment-tokens", "32"]
+
+    def ingest(*extra: str) -> tuple[int, str]:
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            code = main([*argv, *extra])
+        return code, err.getvalue()
+
+    assert ingest() == (0, "")
+    whole = read_stream(state)
+    shutil.rmtree(state)
+    # the crash: a run that took the first 1,000 characters, as a killed ingest leaves it
+    source = f"text:{src.resolve()} ({src.stat().st_dev}:{src.stat().st_ino})"
+
+    async def partial() -> None:
+        async with Engine(config(tiny_model_dir, state, question=None)) as engine:
+            await engine.mark_input(source, 0)
+            for i in range(0, 1000, 100):
+                await engine.feed(TextChunk(text=TEXT[i : i + 100]))
+
+    anyio.run(partial)
+    assert ingest() == (0, f"xl3m-stream: note: resumed {src} at character 1,000, where an earlier run on it stopped\n")
+    again = read_stream(state)
+    assert again.ids == whole.ids  # resumed at character 1,000: nothing duplicated, nothing lost
+    code, err = ingest()  # nothing new
+    assert code == 0 and err == f"xl3m-stream: note: nothing new in {src}: the state already holds all of it\n"
+    assert read_stream(state).ids == whole.ids
+    with src.open("a") as f:
+        f.write("appended later: The pass key is 12345.\n")
+    code, err = ingest()
+    assert code == 0 and "took only what was appended" in err and f"character {len(TEXT):,}" in err
+    grown = read_stream(state)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    assert tok.decode(grown.ids) == TEXT + "appended later: The pass key is 12345.\n"
+    rewritten = (TEXT + "appended later: The pass key is 12345.\n").replace("line 3:", "LINE 3:") + "and more\n"
+    src.write_text(rewritten)  # rewritten in place (the same file)
+    code, err = ingest()
+    assert code == 1 and err.count("\n") == 1 and "changed since" in err and "--from-start" in err
+    assert read_stream(state).ids == grown.ids
+    assert ingest("--from-start")[0] == 0  # taken again from its start, as asked
+    assert tok.decode(read_stream(state).ids) == tok.decode(grown.ids) + rewritten
 
 
 def test_sync_engine_with_a_state_dir(tiny_model_dir, tmp_path: Path) -> None:

@@ -446,6 +446,38 @@ async def test_jsonl_records_skips_and_counts_malformed_lines(caplog: pytest.Log
     assert warnings[2].startswith("line 7:")
 
 
+def nested(depth: int, inner: str = "1") -> str:
+    return "[" * depth + inner + "]" * depth
+
+
+@pytest.mark.anyio
+async def test_jsonl_records_skips_hostile_records_and_goes_on(caplog: pytest.LogCaptureFixture) -> None:
+    """One record that is too deep, too big or of the wrong type is skipped and counted, never raised."""
+    from xl3m_stream.sources import MAX_JSON_DEPTH
+
+    hostile = [
+        nested(1000),  # a 2 KB line: deeper than the decoder's recursion limit
+        nested(100_000),
+        '{"message": "deep field", "a": ' + nested(1000) + "}",
+        '{"message": ' + nested(MAX_JSON_DEPTH + 5, '"x"') + "}",  # decodable, deeper than the bound
+        '{"message": "big", "n": ' + "9" * 5000 + "}",
+        '{"message": 1e999}',
+    ]
+    ok_deep = '{"message": "at the bound", "a": ' + nested(MAX_JSON_DEPTH - 1) + "}"
+    raw = lines_of('{"message": "first"}', *hostile, ok_deep, '{"message": "last", "n": 18446744073709551616}')
+    stats = DecodeStats()
+    with caplog.at_level(logging.WARNING, logger="xl3m_stream.sources"):
+        chunks = await collect(jsonl_records(agen(raw), stats=stats))
+    assert texts(chunks) == ["first\n", "at the bound\n", "last\n"]
+    assert stats.skipped_records == len(hostile)
+    assert chunks[1].meta["a"] == nested(MAX_JSON_DEPTH - 1).replace(" ", "")
+    assert chunks[2].meta["n"] == "18446744073709551616"  # outside the 64-bit range: kept as its text
+    for chunk in chunks:  # every meta can go to a state directory's log
+        msgspec.msgpack.encode(chunk.meta)
+    reasons = [r.getMessage() for r in caplog.records if r.name == "xl3m_stream.sources"]
+    assert reasons and f"nested deeper than {MAX_JSON_DEPTH}" in reasons[0]
+
+
 @pytest.mark.anyio
 async def test_jsonl_records_from_file_with_long_line(tmp_path: Path) -> None:
     path = tmp_path / "app.jsonl"

@@ -188,7 +188,9 @@ def _cmd_ask(args: argparse.Namespace) -> int:
         async with Engine(config) as engine:
             _report_recovery(engine)
             if args.path is not None:
-                await _feed_input(engine, args, stats, show)
+                resume = await _feed_input(engine, args, stats, show)
+                for note in resume.notes() if resume is not None else []:
+                    print(f"xl3m-stream: note: {note}", file=sys.stderr)
             if engine.stream_tokens == 0:
                 raise InputError(f"the input is empty{_removed(stats)}: nothing to answer from")
             if args.rescan:
@@ -210,6 +212,11 @@ def _input_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("input and state")
     g.add_argument("--state-dir", metavar="DIR", help="keep the stream in DIR (log + snapshots) and resume from it")
     g.add_argument("--jsonl", action="store_true", help="the input is JSON-lines log records (malformed ones skipped)")
+    g.add_argument(
+        "--from-start",
+        action="store_true",
+        help="with --state-dir: take the whole file again, even if the state already holds (part of) it",
+    )
     if p.prog.endswith(" ask"):
         g.add_argument(
             "--rescan", action="store_true", help="with --state-dir: score the whole kept stream against the question"
@@ -221,8 +228,10 @@ def _add_ingest_command(sub: Any) -> None:
         "ingest",
         help="consume a file or stdin into a --state-dir (resumable; ask it later)",
         description="Read PATH (or - for stdin) into the stream kept in --state-dir: every piece is logged "
-        "before it is acknowledged, segments are scored and the best kept. Run it again to append more; "
-        "`xl3m-stream ask --state-dir DIR -q ...` answers from the state alone.",
+        "before it is acknowledged, segments are scored and the best kept. Run it again to append more: a file "
+        "is resumed where the state stops (after a crash, or once the file has grown) and each of its characters "
+        "is taken once; stdin is appended as it comes. `xl3m-stream ask --state-dir DIR -q ...` answers from the "
+        "state alone.",
     )
     ing.add_argument("path", metavar="PATH", help="text file to read, or - for stdin")
     ing.add_argument("--question", "-q", help="standing question to score segments against (default: rolling)")
@@ -257,9 +266,11 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
         async with Engine(config) as engine:
             _report_recovery(engine)
             before, cut_before = engine.stream_tokens, engine.stats().segments_cut
-            await _feed_input(engine, args, stats, show)
+            resume = await _feed_input(engine, args, stats, show)
             after = engine.stats()
             return {
+                "notes": resume.notes() if resume is not None else [],
+                "resumed_at_char": resume.skip if resume is not None else 0,
                 "state_dir": str(engine.recovery.state_dir if engine.recovery else args.state_dir),
                 "tokens_added": after.tokens_in - before,
                 "segments_added": after.segments_cut - cut_before,
@@ -274,7 +285,9 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
 
     result = anyio.run(run)
     _report_decoding(stats)
-    if result["tokens_added"] == 0:
+    for note in result.pop("notes"):
+        print(f"xl3m-stream: note: {note}", file=sys.stderr)
+    if result["tokens_added"] == 0 and not result["resumed_at_char"]:
         print(f"xl3m-stream: note: the input was empty{_removed(stats)}: nothing was added", file=sys.stderr)
     if args.json:
         print(json.dumps(result, ensure_ascii=False))
@@ -286,8 +299,11 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _feed_input(engine: Any, args: argparse.Namespace, stats: Any, show: bool) -> None:
-    """Feed PATH (or stdin) to the engine, as text or as JSON-lines records, then flush."""
+async def _feed_input(engine: Any, args: argparse.Namespace, stats: Any, show: bool) -> _Resume | None:
+    """Feed PATH (or stdin) to the engine, as text or as JSON-lines records, then flush.
+
+    With a state directory a file is resumed (see :class:`_Resume`); the resume is returned.
+    """
     from contextlib import aclosing
 
     from .sources import jsonl_records, read_lines, read_text
@@ -297,13 +313,116 @@ async def _feed_input(engine: Any, args: argparse.Namespace, stats: Any, show: b
         source = jsonl_records(read_lines(args.path, stats=stats), stats=stats)
     else:
         source = read_text(args.path, stats=stats)
+    resume = _Resume(engine, args) if engine.recovery is not None and args.path != "-" else None
     with _Progress(show, total, "reading") as bar:
         async with aclosing(source) as chunks:
             async for chunk in chunks:
+                if resume is not None and (chunk := await resume.take(chunk)) is None:
+                    continue  # the state already holds it
                 await engine.feed(chunk)
                 bar.update(stats.bytes_read, engine.stream_tokens)
+        if resume is not None:
+            await resume.finish()
         await engine.flush()
         bar.update(stats.bytes_read, engine.stream_tokens)
+    return resume
+
+
+class _Resume:
+    """Where a file being fed into a state directory starts, so that an ingest killed midway and
+    run again (or run again on a file that has grown) takes each character of it once.
+
+    Marks in the log (``Engine.mark_input``) name the file (format, real path, device, inode),
+    say how many characters of its text the stream held and hash them. The file is read again
+    from its start through the same decoding, so its text is the same, and the characters the
+    state holds are skipped after checking their hash; what follows is fed. A file rewritten
+    since (the hash differs, or it is shorter) is refused unless ``--from-start``.
+    """
+
+    def __init__(self, engine: Any, args: argparse.Namespace) -> None:
+        import hashlib
+
+        st = os.stat(args.path)
+        self.engine = engine
+        self.path = args.path
+        self.source = f"{'jsonl' if args.jsonl else 'text'}:{os.path.realpath(args.path)} ({st.st_dev}:{st.st_ino})"
+        mark = engine.input_mark
+        self.previous = mark if mark is not None and mark.source == self.source and not args.from_start else None
+        self.skip = self.previous.taken_by(engine.chars_taken) if self.previous is not None else 0
+        """Characters of the file's text the state holds."""
+        self.seen = 0  # characters of the file's text read so far
+        self.fed = False
+        self._hash = hashlib.sha256()
+        self._skip_digest = ""
+        checks = [(self.skip, self._at_skip)]
+        if self.previous is not None and self.previous.digest:
+            checks.append((self.previous.taken, self._verify))
+        self._checks = sorted(checks, key=lambda check: check[0])
+        self._run_checks(0)
+
+    async def take(self, chunk: Any) -> Any:
+        """``chunk`` or its part the state does not hold yet (None: it holds all of it)."""
+        from .sources import TextChunk
+
+        text = chunk.text
+        start = self.seen
+        self.seen += len(text)
+        at = start
+        while self._checks and self._checks[0][0] <= self.seen:
+            point = self._checks[0][0]
+            self._hash.update(text[at - start : point - start].encode("utf-8", "surrogatepass"))
+            at = point
+            self._run_checks(point)
+        self._hash.update(text[at - start :].encode("utf-8", "surrogatepass"))
+        if self.seen <= self.skip:
+            return None
+        if not self.fed:
+            self.fed = True
+            await self.engine.mark_input(self.source, self.skip, digest=self._skip_digest)
+        if start >= self.skip:
+            return chunk
+        return TextChunk(text=text[self.skip - start :], meta=chunk.meta)
+
+    def _run_checks(self, point: int) -> None:
+        while self._checks and self._checks[0][0] == point:
+            self._checks.pop(0)[1]()
+
+    def _verify(self) -> None:
+        from .errors import InputError
+
+        assert self.previous is not None
+        if self._hash.hexdigest() != self.previous.digest:
+            raise InputError(
+                f"{self.path} changed since it was ingested into this state (its first {self.previous.taken:,} "
+                f"characters differ from those taken): nothing was added; use --from-start to take it again"
+            )
+
+    def _at_skip(self) -> None:
+        self._skip_digest = self._hash.hexdigest()
+
+    async def finish(self) -> None:
+        """At the end of the file: refuse one shorter than what the state holds; mark it complete."""
+        from .errors import InputError
+
+        if self.seen < self.skip:
+            raise InputError(
+                f"{self.path} holds {self.seen:,} characters, fewer than the {self.skip:,} this state already took "
+                f"from it (truncated or replaced): nothing was added; use --from-start to take it again"
+            )
+        if self.fed or self.previous is None or not self.previous.complete:
+            await self.engine.mark_input(self.source, self.seen, complete=True, digest=self._hash.hexdigest())
+
+    def notes(self) -> list[str]:
+        """What a user should know about where the file was resumed."""
+        if self.previous is None or not self.skip:
+            return []
+        if not self.fed:
+            return [f"nothing new in {self.path}: the state already holds all of it"]
+        if self.previous.complete:
+            return [
+                f"took only what was appended to {self.path} since it was last ingested (from character {self.skip:,})"
+            ]
+        return [f"resumed {self.path} at character {self.skip:,}, where an earlier run on it stopped"]
 
 
 def _state_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -397,16 +516,26 @@ def _add_watch_command(sub: Any) -> None:
         help="keep following the file like tail -F (default); --no-follow stops at its end",
     )
     w.add_argument("--from-end", action="store_true", help="start at the end of the file (only new lines)")
-    w.add_argument("--idle-timeout", type=float, metavar="SECONDS", help="stop following after this long without data")
+    w.add_argument(
+        "--idle-timeout", type=seconds, metavar="SECONDS", help="stop following after this long without data"
+    )
     w.add_argument(
         "--flush-after",
-        type=float,
+        type=seconds,
         default=2.0,
         metavar="SECONDS",
         help="score a partial segment once the log has been quiet this long (default 2; 0: never)",
     )
     _engine_options(w)
     w.set_defaults(func=_cmd_watch)
+
+
+def seconds(text: str) -> float:
+    """A duration argument: a finite number of seconds >= 0 (not nan, not inf)."""
+    value = float(text)  # (argparse says "invalid seconds value" when it is not a number)
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds >= 0, got {text!r}")
+    return value
 
 
 def _cmd_watch(args: argparse.Namespace) -> int:
@@ -418,8 +547,6 @@ def _cmd_watch(args: argparse.Namespace) -> int:
     questions = list(args.questions)
     if any(not q.strip() for q in questions):
         raise InputError("--question must not be empty")
-    if args.flush_after < 0 or (args.idle_timeout is not None and args.idle_timeout < 0):
-        raise InputError("--flush-after and --idle-timeout must be >= 0")
     if args.path != "-" and not args.follow:
         _check_input_file(args.path)
     if args.path != "-" and os.path.isdir(args.path):
@@ -580,9 +707,10 @@ def _print_alert(alert: Any, jsonl: bool) -> None:
 def _cmd_demo(args: argparse.Namespace) -> int:
     import anyio
 
+    from .demo import passkey_document
     from .errors import InputError
     from .evaluate.metrics import first_int_match
-    from .evaluate.tasks import make_sample
+    from .tokenizer import IncrementalTokenizer
 
     if args.tokens < 1000:
         raise InputError("--tokens must be at least 1000")
@@ -603,28 +731,37 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             def count(text: str) -> int:
                 return len(tokenizer.encode(text, add_special_tokens=False))
 
-            sample = make_sample("passkey", length=args.tokens, seed=args.seed, depth=depth, count_tokens=count)
-            await engine.set_question(sample.question)
+            def count_stream(pieces: Any) -> int:  # the document is never held whole: bounded memory
+                itok = IncrementalTokenizer(tokenizer)
+                return sum(len(itok.push(piece)) for piece in pieces) + len(itok.flush())
+
+            # make_sample's passkey document, produced in pieces (sized off the event loop)
+            doc = await anyio.to_thread.run_sync(
+                lambda: passkey_document(
+                    args.tokens, seed=args.seed, depth=depth, count_tokens=count, count_stream=count_stream
+                )
+            )
+            await engine.set_question(doc.question)
             if not args.json:
                 print(
                     f"passkey demo: {args.tokens:,} tokens ({args.tokens / engine.reader_window:.1f}x the "
                     f"{engine.reader_window}-token window of {engine.model_name}), key at depth {depth:.2f}",
                     file=sys.stderr,
                 )
-            text = sample.context
-            step = 1 << 15
-            with _Progress(show, len(text), "streaming", unit="chars") as bar:
-                for i in range(0, len(text), step):
-                    await engine.feed(text[i : i + step])
-                    bar.update(min(i + step, len(text)), engine.stream_tokens)
+            done = 0
+            with _Progress(show, doc.chars, "streaming", unit="chars") as bar:
+                for piece in doc.pieces(1 << 15):
+                    await engine.feed(piece)
+                    done += len(piece)
+                    bar.update(done, engine.stream_tokens)
                 await engine.flush()
-                bar.update(len(text), engine.stream_tokens)
+                bar.update(doc.chars, engine.stream_tokens)
             ingested = time.perf_counter()
-            answer = await engine.ask(sample.question)
+            answer = await engine.ask(doc.question)
             result = _answer_json(answer, time.perf_counter() - started)
             result.update(
-                expected=sample.answers[0],
-                correct=first_int_match(answer.text, sample.answers[0]),
+                expected=doc.answer,
+                correct=first_int_match(answer.text, doc.answer),
                 depth=depth,
                 model=engine.model_name,
                 window=engine.reader_window,

@@ -30,6 +30,8 @@ PositiveInt = Annotated[int, Meta(ge=1)]
 NonNegInt = Annotated[int, Meta(ge=0)]
 
 ENV_PREFIX = "XL3M_STREAM_"
+_INT64 = (-(1 << 63), (1 << 63) - 1)
+"""Every integer setting must fit here (the log, torch seeds and buffer sizes take 64-bit integers)."""
 
 
 class EngineConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -195,8 +197,10 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
                 values = json.loads(p.read_text(encoding="utf-8"))
             else:
                 raise ConfigError(f"config file must end in .toml or .json: {p}")
-        except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError) as exc:  # (TOML and JSON syntax, a number too long)
             raise ConfigError(f"config file {p} is not valid: {exc}") from None
+        except RecursionError:
+            raise ConfigError(f"config file {p} is not valid: it nests too deeply") from None
         if not isinstance(values, dict):
             raise ConfigError(f"config file {p} must hold a table/object of settings")
         return cls.from_dict(values)
@@ -214,6 +218,9 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
                 values[name] = json.loads(raw)
             except json.JSONDecodeError:
                 values[name] = raw
+            except (ValueError, RecursionError) as exc:  # a number too long, nesting too deep
+                why = "it nests too deeply" if isinstance(exc, RecursionError) else str(exc)
+                raise ConfigError(f"{ENV_PREFIX}{name.upper()}: not a usable value: {why}") from None
         return cls.from_dict(values)
 
     def replace(self, **changes: Any) -> EngineConfig:
@@ -262,6 +269,8 @@ def _check_value(name: str, value: Any, t: mi.Type) -> None:
             raise ConfigError(f"{name}: expected a number, got {value!r}")
         if value != value:  # NaN
             raise ConfigError(f"{name}: NaN is not allowed")
+        if isinstance(value, int) and not _INT64[0] <= value <= _INT64[1]:  # (it would overflow later)
+            raise ConfigError(f"{name}: must fit a 64-bit integer, got a {len(str(abs(value)))}-digit number")
         if t.ge is not None and value < t.ge:
             raise ConfigError(f"{name}: must be >= {t.ge}, got {value!r}")
         if t.le is not None and value > t.le:

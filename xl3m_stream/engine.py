@@ -23,6 +23,7 @@ import logging
 import math
 import threading
 import time
+import weakref
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -62,6 +63,7 @@ from .persistence import (
     FLAG_CUT,
     FORMAT_VERSION,
     EngineSnapshot,
+    InputMark,
     Layout,
     LogReader,
     PendingSegment,
@@ -74,7 +76,7 @@ from .persistence import (
 from .relevance import SIGNALS, ArrivalFusion, LexicalIndex, cosine, reciprocal_rank_fusion, term_counts, words
 from .segment import Segment
 from .segmenter import MetaIndex, Segmenter, newline_token_ids
-from .sources import DecodeStats, Utf8Decoder
+from .sources import MAX_JSON_DEPTH, DecodeStats, Utf8Decoder, nesting_depth
 from .store import SegmentStore, StoreEntry, rank_key, select_best
 from .tokenizer import IncrementalTokenizer, backend_tokenizer
 from .workers import DeviceThreads
@@ -90,6 +92,8 @@ THREAD_TOKENIZE_CHARS = 1 << 14
 """Text longer than this is tokenised in a worker thread so the event loop stays responsive."""
 MAX_EXPLAINING = 32
 """Alerts explained at once; beyond it an alert is emitted without an explanation."""
+MAX_SUBSCRIBERS = 256
+"""``events()`` subscribers held at once (each buffers up to ``events_buffer`` events)."""
 
 
 class Timings(msgspec.Struct, frozen=True, kw_only=True):
@@ -191,6 +195,7 @@ class Engine:
         self._itok = IncrementalTokenizer(tok)
         self._meta = MetaIndex()
         self._chars_in = 0  # characters of text fed (offsets of the incremental tokenizer)
+        self._input_mark: InputMark | None = None  # the last one logged or restored (ingest resume)
         self._bytes = Utf8Decoder(self.decode_stats)
         boundary = newline_token_ids(tok) if cfg.segment_cut == "lines" else None
         self._segmenter = Segmenter(cfg.segment_tokens, overlap=cfg.segment_overlap, boundary_ids=boundary)
@@ -202,7 +207,8 @@ class Engine:
         }
         self._reader_limiters = {r.index: anyio.CapacityLimiter(1) for r in self._pool.replicas}
         self._slots = anyio.Semaphore(cfg.device_concurrency * len(self._pool.replicas))
-        self._intake = anyio.Lock()
+        self._intake = anyio.Lock()  # held for one intake step (a feed slice, a flush)
+        self._feeding = anyio.Lock()  # held for a whole feed or flush: each arrives whole
         self._pending: deque[_Pending] = deque()
         self._unscored: SortedSet = SortedSet()
         self._failed: list[Segment] = []
@@ -218,7 +224,8 @@ class Engine:
         self._question_keys: OrderedDict[tuple[int, ...], int] = OrderedDict()
         self._next_question_key = 1
         self._explicit: tuple[str, tuple[int, ...]] | None = None
-        self._subscribers: list[EventStream] = []
+        # held weakly: a subscriber its owner dropped (`async for ...: break`) goes with it
+        self._subscribers: weakref.WeakSet[EventStream] = weakref.WeakSet()
         self._counters = dict(
             segments_cut=0, segments_scored=0, segments_failed=0, batches=0, scored_tokens=0, asks=0, errors=0
         )
@@ -270,7 +277,7 @@ class Engine:
         if self._state is not None:
             with anyio.CancelScope(shield=True):
                 await self._close_state()
-        for sub in list(getattr(self, "_subscribers", [])):
+        for sub in list(getattr(self, "_subscribers", ())):
             sub.close()
         for threads in getattr(self, "_score_threads", {}).values():
             threads.close()  # no job is running: the task group above has ended
@@ -292,23 +299,33 @@ class Engine:
         characters until the next feed shows where the token boundary falls). Waits while
         scoring lags behind by more than ``max_pending_segments`` (backpressure). Cancelling
         a feed never loses or duplicates what was already taken in.
+
+        Concurrent calls are serialised: a feed (however long: it is taken in slices) or a
+        flush waits for the one before it to end, so each arrives whole, in the order the
+        calls got the turn, and no token is split between two of them.
         """
         self._check_open()
         if self._state is not None:
             self._state.check_writable()
+        async with self._feeding:
+            return await self._feed(data)
+
+    async def _feed(self, data: str | bytes | Sequence[int] | Any) -> int:
+        meta = None
+        text = getattr(data, "text", None)
+        if isinstance(text, str) and not isinstance(data, (str, bytes, bytearray, memoryview)):  # a TextChunk
+            meta = getattr(data, "meta", None)
+            data = text
+            if meta is not None:
+                _check_meta(meta)  # it goes to segments, events and the log: refuse it before anything is taken
         if isinstance(data, (bytes, bytearray, memoryview)):
             data = self._bytes.decode(bytes(data))  # one decoder: a character split across feeds survives
             if not data and self._state is not None:  # only part of a character: log its bytes
                 async with self._intake:
                     self._log(self._position, ())
                 await self._commit()
-        meta = None
-        text = getattr(data, "text", None)
-        if isinstance(text, str) and not isinstance(data, str):  # a TextChunk: text and metadata
-            meta = getattr(data, "meta", None)
-            data = text
-            if meta is not None and self._state is not None:
-                _check_meta(meta)  # it goes to the log: refuse it before anything is taken
+        elif isinstance(data, str):
+            await self._end_bytes()
         if isinstance(data, str):
             taken = 0
             for start in range(0, len(data), FEED_SLICE_CHARS):
@@ -317,6 +334,7 @@ class Engine:
             return taken
         if isinstance(data, Sequence) and not isinstance(data, str):
             ids = _check_ids(data, len(self._hf_tokenizer))
+            await self._end_bytes()
             async with self._intake:
                 pos = self._position
                 head, ends = self._itok.flush_with_offsets()  # text fed earlier comes first
@@ -332,6 +350,12 @@ class Engine:
             await self._commit()
             return len(head) + len(ids)
         raise InputError(f"feed() takes str, bytes, token ids or a TextChunk, not {type(data).__name__}")
+
+    async def _end_bytes(self) -> None:
+        """Before text or ids that did not come as bytes: end a character the bytes fed before left
+        incomplete (U+FFFD, counted in ``decode_stats.replaced``), so it cannot land after them."""
+        if self._bytes.held:
+            await self._take_text(self._bytes.final())
 
     async def _take_text(self, text: str, meta: dict[str, Any] | None = None) -> int:
         async with self._intake:
@@ -354,7 +378,7 @@ class Engine:
             return
         if not attributed:
             self._meta.add_unattributed(len(ids))
-        history = list(self._recent)
+        history = self._history()
         base = self._position - len(history)
         segments = self._segmenter.push(ids)
         self._recent.extend(ids)
@@ -410,22 +434,34 @@ class Engine:
         self._check_open()
         if self._state is not None:
             self._state.check_writable()
-        async with self._intake:
-            pos = self._position
-            ids, ends = self._itok.flush_with_offsets()
-            self._meta.add_tokens(ends)
-            self._take_ids(ids, attributed=True)
-            self._cut_tail()
-            self._log(pos, ids, ends, end_doc=True, cut=True)
-            self._flush_now = True
-            self._work.set()
+        async with self._feeding:  # (never between the slices of a feed)
+            await self._end_bytes()  # an incomplete character at the end: U+FFFD, counted
+            async with self._intake:
+                pos = self._position
+                ids, ends = self._itok.flush_with_offsets()
+                self._meta.add_tokens(ends)
+                self._take_ids(ids, attributed=True)
+                self._cut_tail()
+                self._log(pos, ids, ends, end_doc=True, cut=True)
+                self._flush_now = True
+                self._work.set()
         await self._commit()
         await self.drain()
         return len(ids)
 
+    def _history(self) -> list[int]:
+        """The recent tokens the next segments' rolling questions may need: ``question_tokens``
+        before the segmenter's pending tokens, and those (the next segment starts among them).
+        A copy of that much only, so intake stays linear however long ``local_window_tokens``."""
+        need = self.config.question_tokens + len(self._segmenter.pending)
+        recent = self._recent
+        if need >= len(recent):
+            return list(recent)
+        return list(itertools.islice(reversed(recent), need))[::-1]
+
     def _cut_tail(self) -> None:
         """The stream's pending tokens become a (short) segment, queued for scoring."""
-        history = list(self._recent)
+        history = self._history()
         tail = self._segmenter.flush()
         self._queue(tail, history, self._position - len(history))
 
@@ -743,6 +779,7 @@ class Engine:
         self, question: str | None = None, *, rescore: str | None = None, max_new_tokens: int | None = None
     ) -> Answer:
         """Answer ``question`` (None: the stream's last ``question_tokens`` tokens, as in the paper)."""
+        _check_max_new_tokens(max_new_tokens)
         started = time.perf_counter()
         ctx, prompt, timing = await self._select(question, rescore, started, max_new_tokens)
         question = ctx.question
@@ -778,6 +815,7 @@ class Engine:
         self, question: str | None = None, *, rescore: str | None = None, max_new_tokens: int | None = None
     ) -> AsyncIterator[str]:
         """Answer ``question`` as it is generated: an async iterator of text pieces."""
+        _check_max_new_tokens(max_new_tokens)
         ctx, prompt, _ = await self._select(question, rescore, time.perf_counter(), max_new_tokens)
         self._counters["asks"] += 1
         async for piece in self._generate(prompt, max_new_tokens, ctx.question):
@@ -929,6 +967,7 @@ class Engine:
         the reader's window leaves).
         """
         self._check_open()
+        _check_answer_args(segments, max_new_tokens, len(self._hf_tokenizer))
         started = time.perf_counter()
         room = self.budget_for(question, max_new_tokens=max_new_tokens, whole_window=True)
         if budget is not None and budget > room:
@@ -1276,6 +1315,7 @@ class Engine:
         self._position = snap.position
         self._chars_in = snap.chars
         self._bytes.restore(snap.held)
+        self._input_mark = snap.input
         self._question_keys = OrderedDict((tuple(q), i + 1) for i, q in enumerate(snap.questions))
         self._next_question_key = len(self._question_keys) + 1
         store = SegmentStore.from_snapshot(snap.store)
@@ -1298,6 +1338,8 @@ class Engine:
 
     def _apply_record(self, rec: StreamRecord, ids: list[int], ends: list[int]) -> None:
         """Redo one logged intake step: the calls feed/flush made, minus the tokenizer's work."""
+        if rec.input is not None:
+            self._input_mark = rec.input
         if rec.text:
             self._meta.add_chunk(rec.chars, rec.meta)
         if ends:
@@ -1318,6 +1360,7 @@ class Engine:
         meta: dict[str, Any] | None = None,
         end_doc: bool = False,
         cut: bool = False,
+        mark: InputMark | None = None,
     ) -> None:
         """Log one intake step that took ``ids`` at stream token ``pos`` (no-op without a state)."""
         if self._state is not None:
@@ -1332,6 +1375,7 @@ class Engine:
                 end_doc=end_doc,
                 cut=cut,
                 held=self._bytes.held,
+                mark=mark,
             )
 
     async def _commit(self) -> None:
@@ -1354,7 +1398,7 @@ class Engine:
     def _capture(self) -> EngineSnapshot:
         """The engine's state now; call it between intake steps (with the intake lock held)."""
         assert self._state is not None and self._not_scored is not None
-        offset, records = self._state.snapshot_cursor()
+        offset, records, last = self._state.snapshot_cursor()
         questions = {key: ids for ids, key in self._question_keys.items()}
         store = self._store.snapshot()
         used = sorted({e.question_id for e in store.entries if e.question_id in questions})
@@ -1380,6 +1424,9 @@ class Engine:
             ],
             counters=dict(self._counters),
             decode=DecodeStats(**msgspec.structs.asdict(self.decode_stats)),
+            stream_id=self._state.stream_id,
+            last_record=last,
+            input=self._input_mark,
         )
 
     async def _write_snapshot(self) -> None:
@@ -1432,6 +1479,37 @@ class Engine:
             self._state = None
             await anyio.to_thread.run_sync(state.close)
 
+    async def mark_input(self, source: str, taken: int, *, complete: bool = False, digest: str = "") -> InputMark:
+        """Log, in order with the stream, that the text fed from input ``source`` so far is its
+        first ``taken`` characters (``complete``: all of it; ``digest``: their SHA-256, checked
+        when the input is resumed). With :attr:`input_mark` after a restart, this is how
+        ``xl3m-stream ingest`` resumes a file where the log stops instead of taking it again.
+        Needs a ``state_dir``; returns the mark."""
+        self._check_open()
+        if self._state is None:
+            raise StateError("mark_input() needs a state_dir (EngineConfig.state_dir): the log it writes to")
+        if not isinstance(source, str) or not source:
+            raise InputError("mark_input(): source must be a non-empty string")
+        if isinstance(taken, bool) or not isinstance(taken, int) or taken < 0:
+            raise InputError(f"mark_input(): taken must be an int >= 0, got {taken!r}")
+        self._state.check_writable()
+        async with self._feeding, self._intake:
+            mark = InputMark(source=source, taken=taken, at=self._chars_in, complete=complete, digest=digest)
+            self._log(self._position, (), mark=mark)
+            self._input_mark = mark
+        await self._commit()
+        return mark
+
+    @property
+    def input_mark(self) -> InputMark | None:
+        """The last :meth:`mark_input` mark, logged in this run or restored from the state."""
+        return self._input_mark
+
+    @property
+    def chars_taken(self) -> int:
+        """Characters of text taken into the stream so far (restored with the state)."""
+        return self._chars_in
+
     @property
     def recovery(self) -> RecoveryReport | None:
         """What starting on ``state_dir`` found and restored (None without a state_dir)."""
@@ -1445,6 +1523,10 @@ class Engine:
         arrival are gone from it; the log still holds them. A re-scan reads them back and scores
         them all: linear in the stream, like ingesting it again without tokenising. Segments cut
         while it runs keep the scores they got. Returns the number of segments scored.
+
+        Raises StateError, leaving the store as it was, when the log cannot be read back to
+        the end (a damaged record, even one a snapshot covers): a re-scan never replaces the
+        store with part of the stream.
         """
         self._check_open()
         if self._state is None:
@@ -1460,7 +1542,8 @@ class Engine:
             horizon, upto = self._segmenter.next_seq, self._state.records  # what the log holds now
         fresh = SegmentStore(cfg.store_segments, cfg.store_tokens)
         fusion = ArrivalFusion(self._fusion.signals)
-        segments = LogReader(self._state.path, upto_records=upto).segments()
+        reader = LogReader(self._state.path, upto_records=upto)
+        segments = reader.segments()
         scanned = 0
         while batch := await anyio.to_thread.run_sync(_next_records, segments, cfg.batch_size):
             results = await self._score(batch, q_ids)
@@ -1469,6 +1552,12 @@ class Engine:
             for seg, (score, scores) in zip(batch, arrivals):
                 fresh.offer(seg, score, question_id=key, scores=scores)
             scanned += len(batch)
+        if reader.cursor.records < upto:  # stopped early: a damaged record (LogReader.torn says why)
+            raise StateError(
+                f"state dir {self._state.path}: the log is damaged at byte {reader.cursor.offset} "
+                f"(after record {reader.cursor.records}: {reader.torn or 'it ends early'}); the re-scan read "
+                f"{scanned} of the {horizon} segments cut, so the store was left as it was"
+            )
         for entry in self._store:  # cut after the re-scan began: kept with their own scores
             if entry.segment.seq >= horizon:
                 fresh.offer(entry.segment, entry.score, question_id=entry.question_id, scores=entry.scores)
@@ -1477,18 +1566,26 @@ class Engine:
 
     # ------------------------------------------------------------------ events and stats
     def events(self) -> EventStream:
-        """Subscribe to events from now on: ``async for event in engine.events(): ...``."""
+        """Subscribe to events from now on: ``async for event in engine.events(): ...``.
+
+        The engine holds a subscriber only as long as you do: one you drop (or ``close()``,
+        or leave ``async with engine.events() as events:``) stops receiving and frees its
+        buffer. At most :data:`MAX_SUBSCRIBERS` are held at once (InputError beyond).
+        """
         self._check_open()
+        if len(self._subscribers) >= MAX_SUBSCRIBERS:
+            raise InputError(
+                f"{MAX_SUBSCRIBERS} event subscribers are open: close one (or drop it) before subscribing again"
+            )
         stream = EventStream(self.config.events_buffer, on_close=self._unsubscribe)
-        self._subscribers.append(stream)
+        self._subscribers.add(stream)
         return stream
 
     def _unsubscribe(self, stream: EventStream) -> None:
-        if stream in self._subscribers:
-            self._subscribers.remove(stream)
+        self._subscribers.discard(stream)
 
     def _emit(self, event: Event) -> None:
-        for sub in self._subscribers:
+        for sub in list(self._subscribers):
             sub.put(event)
 
     def stats(self) -> EngineStats:
@@ -1578,10 +1675,29 @@ def _next_records(records: Iterator[Any], n: int = 256) -> list[Any]:
 def _check_meta(meta: Any) -> None:
     if not isinstance(meta, dict):
         raise InputError(f"TextChunk.meta must be a dict or None, not {type(meta).__name__}")
+    if nesting_depth(meta) > MAX_JSON_DEPTH:  # (a reference cycle too)
+        raise InputError(f"TextChunk.meta nests deeper than {MAX_JSON_DEPTH} levels")
     try:
         msgspec.msgpack.encode(meta)
-    except (TypeError, msgspec.EncodeError) as exc:
+    except (TypeError, OverflowError, msgspec.EncodeError) as exc:
         raise InputError(f"TextChunk.meta must hold JSON-compatible values: {exc}") from None
+
+
+def _check_max_new_tokens(value: Any) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 32768):
+        raise InputError(f"max_new_tokens must be an int from 1 to 32768 (or None), got {value!r}")
+
+
+def _check_answer_args(segments: Sequence[Any], max_new_tokens: Any, vocab: int) -> None:
+    """``answer_with``'s own arguments: segments of token ids inside the vocabulary."""
+    _check_max_new_tokens(max_new_tokens)
+    for k, seg in enumerate(segments):
+        if not isinstance(seg, Segment):
+            raise InputError(f"segment #{k} is a {type(seg).__name__}, not a Segment")
+        try:
+            _check_ids(seg.tokens, vocab)
+        except InputError as exc:
+            raise InputError(f"segment #{k} (seq {seg.seq}): {exc}") from None
 
 
 def _check_ids(data: Sequence[Any], vocab: int) -> list[int]:

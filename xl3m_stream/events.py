@@ -3,6 +3,8 @@
 Subscribe with ``engine.events()``. Each subscriber has its own bounded buffer; a subscriber
 that falls behind loses the oldest unread events and is told how many with an
 :class:`EventsDropped` event, so nothing is lost silently and a slow reader never stalls ingest.
+The engine holds subscribers weakly: one its owner dropped (``async for ...: break``) is gone
+with its buffer, and at most ``engine.MAX_SUBSCRIBERS`` are held at once.
 """
 
 from __future__ import annotations

@@ -25,16 +25,14 @@ its question, so its cost grows with ``store_segments``, not with the history.
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, Iterable
-from contextlib import AbstractContextManager
 from typing import Any
-
-from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from .config import EngineConfig
 from .engine import Answer, Engine
-from .errors import EngineClosedError, InputError
+from .errors import InputError
 from .inference import KeyContext
 from .sources import TextChunk, _items, _turn_fields
+from .sync import LoopThread
 
 __all__ = ["MEMORY_DEFAULTS", "AgentMemory", "SyncAgentMemory"]
 
@@ -156,31 +154,15 @@ class SyncAgentMemory:
 
     def __init__(self, config: EngineConfig | None = None, *, backend: str = "asyncio", **overrides: Any) -> None:
         self._memory = AgentMemory(config, **overrides)
-        self._backend = backend
-        self._portal_cm: AbstractContextManager[BlockingPortal] | None = None
-        self._portal: BlockingPortal | None = None
-        self._memory_cm: AbstractContextManager[AgentMemory] | None = None
+        self._loop = LoopThread(self._memory, backend, "memory", "SyncAgentMemory")
 
     def start(self) -> SyncAgentMemory:
-        self._portal_cm = start_blocking_portal(self._backend)
-        self._portal = self._portal_cm.__enter__()
-        try:
-            self._memory_cm = self._portal.wrap_async_context_manager(self._memory)
-            self._memory_cm.__enter__()
-        except BaseException:
-            self._portal_cm.__exit__(None, None, None)
-            self._portal = self._portal_cm = None
-            raise
+        """Start the memory; while it runs this does nothing (it runs once, see :class:`SyncEngine`)."""
+        self._loop.start()
         return self
 
     def close(self) -> None:
-        if self._memory_cm is not None:
-            cm, self._memory_cm = self._memory_cm, None
-            cm.__exit__(None, None, None)
-        if self._portal_cm is not None:
-            pcm, self._portal_cm = self._portal_cm, None
-            pcm.__exit__(None, None, None)
-            self._portal = None
+        self._loop.close()
 
     def __enter__(self) -> SyncAgentMemory:
         return self.start()
@@ -189,9 +171,7 @@ class SyncAgentMemory:
         self.close()
 
     def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        if self._portal is None:
-            raise EngineClosedError("the memory is not running: use `with SyncAgentMemory(...) as memory:`")
-        return self._portal.call(lambda: fn(*args, **kwargs))
+        return self._loop.call(fn, *args, **kwargs)
 
     @property
     def memory(self) -> AgentMemory:

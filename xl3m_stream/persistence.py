@@ -33,6 +33,7 @@ import logging
 import os
 import re
 import shutil
+import stat
 import struct
 import sys
 import time
@@ -55,9 +56,11 @@ from .tokenizer import CONTEXT_CHARS, TokenizerState
 __all__ = [
     "FORMAT_VERSION",
     "EngineSnapshot",
+    "InputMark",
     "Layout",
     "LogReader",
     "PendingSegment",
+    "RecordRef",
     "RecoveryReport",
     "StateDir",
     "StateMeta",
@@ -67,13 +70,17 @@ __all__ = [
     "read_meta",
     "read_snapshot",
     "read_stream",
+    "stream_id",
 ]
 
 log = logging.getLogger("xl3m_stream.persistence")
 
 Fsync = Literal["always", "interval", "never"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""Written into meta.json and snapshots. 2: log records may carry an input mark (``StreamRecord.input``)."""
+READABLE_VERSIONS = (1, 2)
+"""Formats this version reads; a format-1 directory is marked format 2 when an engine opens it."""
 STATE_KIND = "xl3m-stream-state"
 META_NAME = "meta.json"
 LOCK_NAME = "lock"
@@ -129,6 +136,30 @@ class StateMeta(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     layout: Layout
 
 
+class InputMark(msgspec.Struct, frozen=True, kw_only=True, array_like=True, forbid_unknown_fields=True):
+    """How much of one input (a file being ingested) the stream holds, logged in order with it.
+
+    Written when text of ``source`` is about to be fed, and when all of it was: from the last
+    mark and the stream's characters, a restart knows where to resume that input.
+    """
+
+    source: str
+    """The input's identity (the CLI: its format, real path, device and inode)."""
+    taken: int
+    """Characters of the input's text in the stream when the mark was written."""
+    at: int
+    """The stream's characters (text given to the incremental tokenizer) at that moment."""
+    complete: bool = False
+    """The input had ended: all of its text was taken."""
+    digest: str = ""
+    """SHA-256 (hex) of the input's first ``taken`` characters (UTF-8), or "" if not recorded."""
+
+    def taken_by(self, chars: int) -> int:
+        """Characters of the input in the stream once it holds ``chars`` characters: the text fed
+        after an incomplete mark is this input's (one feeder: the ingest that wrote the mark)."""
+        return self.taken if self.complete else self.taken + max(0, chars - self.at)
+
+
 class StreamRecord(msgspec.Struct, frozen=True, kw_only=True, array_like=True, forbid_unknown_fields=True):
     """One intake step of the engine, as logged (one ``feed`` slice, a token-id feed, a flush).
 
@@ -159,6 +190,15 @@ class StreamRecord(msgspec.Struct, frozen=True, kw_only=True, array_like=True, f
     held: bytes = b""
     """Bytes of an incomplete UTF-8 character held back after this record (a bytes feed)."""
     time: float = 0.0
+    input: InputMark | None = None
+    """A mark of the input being ingested (a record of its own, with no text or ids)."""
+
+
+class RecordRef(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
+    """Where a log record starts and the CRC-32 in its frame header (ties a snapshot to its log)."""
+
+    offset: int
+    crc: int
 
 
 class PendingSegment(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
@@ -194,6 +234,14 @@ class EngineSnapshot(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     """Segments cut but not scored (queued, in flight, or failed): scored again after a restart."""
     counters: dict[str, int]
     decode: DecodeStats
+    stream_id: str = ""
+    """The stream this snapshot belongs to (:func:`stream_id` of the directory's ``meta.json``);
+    empty in snapshots written before it was recorded."""
+    last_record: RecordRef | None = None
+    """The last record it covers, as the log frames it (None: it covers none, or was written
+    before this was recorded). With ``stream_id`` it ties the snapshot to these log bytes."""
+    input: InputMark | None = None
+    """The last input mark among the records it covers."""
 
 
 class RecoveryReport(msgspec.Struct, kw_only=True):
@@ -225,6 +273,8 @@ class RecoveryReport(msgspec.Struct, kw_only=True):
     """Where the cut-off bytes were kept."""
     model_changed: bool = False
     """The state was written with another model (same tokenizer): stored scores count as stale."""
+    upgraded_from: int | None = None
+    """The directory was in this older format; it is now marked with the current one."""
     seconds: float = 0.0
 
     def notes(self) -> list[str]:
@@ -240,6 +290,11 @@ class RecoveryReport(msgspec.Struct, kw_only=True):
             out.append(f"state {self.state_dir}: snapshot not used: {skipped}")
         if self.model_changed:
             out.append(f"state {self.state_dir}: written with another model; stored scores will be recomputed")
+        if self.upgraded_from is not None:
+            out.append(
+                f"state {self.state_dir}: upgraded from format {self.upgraded_from} to {FORMAT_VERSION} "
+                f"(older xl3m-stream versions will refuse it)"
+            )
         return out
 
 
@@ -361,7 +416,7 @@ def read_meta(path: str | os.PathLike[str]) -> StateMeta | None:
     if not meta_path.exists():
         return None
     try:
-        fd = os.open(meta_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = _open_file(meta_path, os.O_RDONLY)
         with os.fdopen(fd, "rb") as f:
             data = f.read(1 << 20)
         meta = msgspec.json.decode(data, type=StateMeta)
@@ -369,15 +424,57 @@ def read_meta(path: str | os.PathLike[str]) -> StateMeta | None:
         raise StateError(f"state dir {folder}: {META_NAME} is unreadable: {exc}") from None
     if meta.kind != STATE_KIND:
         raise StateError(f"state dir {folder}: {META_NAME} is not an xl3m-stream state (kind {meta.kind!r})")
-    if meta.version != FORMAT_VERSION:
+    if meta.version not in READABLE_VERSIONS:
         raise StateError(
-            f"state dir {folder}: format version {meta.version}, this xl3m-stream reads version {FORMAT_VERSION}"
+            f"state dir {folder}: format version {meta.version}, this xl3m-stream reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}"
         )
     return meta
 
 
+def stream_id(meta: StateMeta) -> str:
+    """The identity of the stream a state directory holds, derived from its ``meta.json``
+    (written once, when the stream began): snapshots carry it, and one from another stream
+    is refused."""
+    import hashlib
+
+    return hashlib.sha256(f"{meta.kind}/{meta.created!r}".encode()).hexdigest()[:32]
+
+
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
 def _open_file(path: Path, flags: int, mode: int = 0o600) -> int:
-    return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    """Open a file of a state directory: only a regular file, never through a symlink (OSError
+    ELOOP), never blocking (a FIFO planted there), and for writing only if no other name links
+    to it (a hard link planted there is not written through). Raises StateError for the rest."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, mode)
+    except IsADirectoryError:  # (opened for writing)
+        raise StateError(
+            f"{path} is not a regular file (a directory): refused; remove it or use another directory"
+        ) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = next((name for test, name in _FILE_KINDS if test(st.st_mode)), "not a file")
+            raise StateError(f"{path} is not a regular file ({kind}): refused; remove it or use another directory")
+        if flags & (os.O_WRONLY | os.O_RDWR) and st.st_nlink != 1:
+            raise StateError(
+                f"{path} has {st.st_nlink} hard links: refused (writing it would change the other names too); "
+                f"remove it or use another directory"
+            )
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _fsync_dir(path: Path) -> None:
@@ -399,7 +496,9 @@ def write_atomic(path: Path, data: bytes) -> None:
     """Write ``path`` so that it holds either its old contents or ``data``, never a mix:
     a temporary file, fsync, rename over ``path``, fsync of the directory."""
     tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
-    fd = _open_file(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()  # left by a crash, or planted: a name, never a file to write through
+    fd = _open_file(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
     try:
         _write_all(fd, data)
         os.fsync(fd)
@@ -422,6 +521,8 @@ class _Cursor(msgspec.Struct, kw_only=True):
     consumed: int = 0
     doc_start: int = 0
     held: bytes = b""
+    last: RecordRef | None = None
+    """The last record (None: none yet, or unknown after an old snapshot)."""
 
 
 class _TextTail:
@@ -475,6 +576,9 @@ def _check_record(rec: StreamRecord, cur: _Cursor, layout: Layout) -> tuple[list
         raise ValueError(f"record {rec.n} ends a document with text pending")
     if len(rec.held) > 3:
         raise ValueError(f"record {rec.n}: {len(rec.held)} held bytes")
+    mark = rec.input
+    if mark is not None and (mark.at != rec.chars or mark.taken < 0 or rec.text or rec.ids):
+        raise ValueError(f"record {rec.n}: an input mark out of step with the stream")
     ids = decode_ids(rec.ids, layout.id_bytes)
     if any(i >= layout.vocab_size for i in ids):
         raise ValueError(f"record {rec.n}: token id outside the vocabulary of {layout.vocab_size}")
@@ -491,7 +595,8 @@ def _check_record(rec: StreamRecord, cur: _Cursor, layout: Layout) -> tuple[list
     return ids, ends
 
 
-def _advance(cur: _Cursor, rec: StreamRecord, n_ids: int, size: int) -> None:
+def _advance(cur: _Cursor, rec: StreamRecord, n_ids: int, size: int, crc: int) -> None:
+    cur.last = RecordRef(offset=cur.offset, crc=crc)
     cur.offset += size
     cur.records += 1
     cur.pos += n_ids
@@ -504,8 +609,8 @@ def _advance(cur: _Cursor, rec: StreamRecord, n_ids: int, size: int) -> None:
 
 def _iter_records(
     f: BinaryIO, size: int, cur: _Cursor, layout: Layout
-) -> Iterator[tuple[StreamRecord, list[int], list[int], int]]:
-    """Valid records from ``cur.offset`` on, with their ids, token ends and frame size. The caller
+) -> Iterator[tuple[StreamRecord, list[int], list[int], int, int]]:
+    """Valid records from ``cur.offset`` on, with their ids, token ends, frame size and CRC. The caller
     advances ``cur`` past each before asking for the next (each is checked against it). At a
     torn or invalid record the generator returns (``StopIteration.value``) the reason; at a
     clean end, None."""
@@ -522,7 +627,85 @@ def _iter_records(
             return f"invalid record: {exc}"  # type: ignore[return-value]
         step = _FRAME.size + len(payload)
         at += step
-        yield rec, ids, ends, step
+        yield rec, ids, ends, step, zlib.crc32(payload)
+
+
+def _frame_header(f: BinaryIO, offset: int) -> tuple[bytes, int, int] | None:
+    """(magic, payload length, CRC-32) of the frame header at ``offset``; None past the end."""
+    f.seek(offset)
+    header = f.read(_FRAME.size)
+    return _FRAME.unpack(header) if len(header) == _FRAME.size else None
+
+
+def _load_snapshot(path: Path, layout: Layout, stream: str, log_path: Path, log_size: int) -> EngineSnapshot:
+    """Read a snapshot and check it on its own and against the log (its first ``log_size``
+    bytes); ValueError says why it cannot be used.
+
+    Against the log: it must be this stream's (``stream_id``), the record it ends with must be
+    framed in the log as it says (``last_record``: the header's CRC-32, ending at
+    ``log_offset``), and the bytes at ``log_offset`` must be the start of a record that
+    continues it, or a torn or corrupt record (the replay cuts that off), or the end of the log.
+    """
+    try:
+        fd = _open_file(path, os.O_RDONLY)
+        with os.fdopen(fd, "rb") as f:
+            file_size = os.fstat(f.fileno()).st_size
+            payload, reason = read_frame(f, SNAPSHOT_MAGIC, file_size)
+    except (OSError, StateError) as exc:
+        raise ValueError(f"unreadable: {exc}") from None
+    if payload is None:
+        raise ValueError(reason or "empty file")
+    try:
+        snap = _snapshot_decoder.decode(payload)
+    except msgspec.DecodeError as exc:
+        raise ValueError(f"undecodable: {exc}") from None
+    if snap.version not in READABLE_VERSIONS:
+        raise ValueError(f"format version {snap.version}")
+    if snap.stream_id and snap.stream_id != stream:
+        raise ValueError(f"it belongs to another stream (id {snap.stream_id}, this directory's is {stream})")
+    if snap.log_offset > log_size:
+        raise ValueError(f"covers {snap.log_offset} log bytes, the log holds {log_size}")
+    _check_snapshot(snap, layout)
+    last = snap.last_record
+    if last is None and snap.log_offset == log_size:
+        return snap
+    try:
+        fd = _open_file(log_path, os.O_RDONLY)
+    except (OSError, StateError) as exc:
+        raise ValueError(f"the log is unreadable: {exc}") from None
+    with os.fdopen(fd, "rb") as f:
+        if last is not None:
+            head = _frame_header(f, last.offset)
+            if (
+                head is None
+                or head[0] != RECORD_MAGIC
+                or head[2] != last.crc
+                or (last.offset + _FRAME.size + head[1] != snap.log_offset)
+            ):
+                raise ValueError(
+                    f"does not match the log: the record it ends with (at byte {last.offset}) is not there"
+                )
+        if snap.log_offset == log_size:
+            return snap
+        head = _frame_header(f, snap.log_offset)
+        if head is not None and head[0] != RECORD_MAGIC:
+            raise ValueError(f"does not match the log: no record starts at byte {snap.log_offset}")
+        f.seek(snap.log_offset)
+        payload, reason = read_frame(f, RECORD_MAGIC, log_size - snap.log_offset)
+        if payload is not None:  # (a torn or corrupt record right there is cut off by the replay)
+            cur = _Cursor(
+                offset=snap.log_offset,
+                records=snap.log_records,
+                pos=snap.position,
+                chars=snap.chars,
+                consumed=snap.tokenizer.consumed,
+                doc_start=snap.tokenizer.doc_start,
+            )
+            try:
+                _check_record(_record_decoder.decode(payload), cur, layout)
+            except (msgspec.DecodeError, ValueError) as exc:
+                raise ValueError(f"does not match the log: {exc}") from None
+    return snap
 
 
 def _check_snapshot(snap: EngineSnapshot, lay: Layout) -> None:
@@ -535,8 +718,15 @@ def _check_snapshot(snap: EngineSnapshot, lay: Layout) -> None:
     seg.restore(snap.segmenter)
     if seg.position != snap.position:
         raise ValueError(f"segmenter at token {seg.position}, snapshot at {snap.position}")
-    if snap.log_offset < len(LOG_HEADER) or snap.log_records < 0:
+    if (
+        snap.log_offset < len(LOG_HEADER)
+        or snap.log_records < 0
+        or (snap.log_records == 0) != (snap.log_offset == len(LOG_HEADER))
+    ):
         raise ValueError("bad log position")
+    last = snap.last_record
+    if last is not None and not (len(LOG_HEADER) <= last.offset < snap.log_offset and snap.log_records > 0):
+        raise ValueError("bad position of its last record")
     tok = snap.tokenizer
     if not 0 <= tok.doc_start <= tok.consumed or tok.consumed + len(tok.pending) != snap.chars:
         raise ValueError("tokenizer state does not match the characters taken")
@@ -575,6 +765,7 @@ class StateDir:
         self.path = path
         self.meta = meta
         self.layout = meta.layout
+        self.stream_id = stream_id(meta)
         self.fsync_policy: Fsync = fsync
         self._lock_fd: int | None = lock_fd
         self._log_fd: int | None = log_fd
@@ -636,6 +827,10 @@ class StateDir:
                 created = True
             else:
                 _check_layout(folder, meta.layout, layout)
+            upgraded_from = meta.version if meta.version != FORMAT_VERSION else None
+            if upgraded_from is not None:  # records written from now on are format 2's: say so first
+                meta = msgspec.structs.replace(meta, version=FORMAT_VERSION)
+                write_atomic(folder / META_NAME, msgspec.json.format(msgspec.json.encode(meta)) + b"\n")
             log_fd = _open_log(folder / LOG_NAME)
         except StateError:
             os.close(lock_fd)
@@ -645,6 +840,7 @@ class StateDir:
             raise StateError(f"state dir {folder}: {exc}") from None
         state = cls(folder, meta, lock_fd, log_fd, fsync, created)
         state.report.model_changed = not created and meta.model_name != model_name
+        state.report.upgraded_from = upgraded_from
         return state
 
     # -- recovery ---------------------------------------------------------------------
@@ -679,6 +875,7 @@ class StateDir:
                 consumed=chosen.tokenizer.consumed,
                 doc_start=chosen.tokenizer.doc_start,
                 held=chosen.held,
+                last=chosen.last_record,
             )
             self._snapshot_records = chosen.log_records
         self._start = chosen
@@ -702,11 +899,11 @@ class StateDir:
             records = _iter_records(f, size, self._cursor, self.layout)
             while True:
                 try:
-                    rec, ids, ends, step = next(records)
+                    rec, ids, ends, step, crc = next(records)
                 except StopIteration as stop:
                     reason = stop.value
                     break
-                _advance(self._cursor, rec, len(ids), step)
+                _advance(self._cursor, rec, len(ids), step, crc)
                 tail.add(rec)
                 self.report.replayed_records += 1
                 yield rec, ids, ends
@@ -737,43 +934,7 @@ class StateDir:
 
     def _load_snapshot(self, path: Path, log_size: int) -> EngineSnapshot:
         """Read and check a snapshot against the log; ValueError says why it cannot be used."""
-        try:
-            fd = _open_file(path, os.O_RDONLY)
-            with os.fdopen(fd, "rb") as f:
-                file_size = os.fstat(f.fileno()).st_size
-                payload, reason = read_frame(f, SNAPSHOT_MAGIC, file_size)
-        except OSError as exc:
-            raise ValueError(f"unreadable: {exc}") from None
-        if payload is None:
-            raise ValueError(reason or "empty file")
-        try:
-            snap = _snapshot_decoder.decode(payload)
-        except msgspec.DecodeError as exc:
-            raise ValueError(f"undecodable: {exc}") from None
-        if snap.version != FORMAT_VERSION:
-            raise ValueError(f"format version {snap.version}")
-        if snap.log_offset > log_size:
-            raise ValueError(f"covers {snap.log_offset} log bytes, the log holds {log_size}")
-        _check_snapshot(snap, self.layout)
-        if snap.log_offset < log_size:  # the record there must continue the snapshot
-            fd = _open_file(self.path / LOG_NAME, os.O_RDONLY)
-            with os.fdopen(fd, "rb") as f:
-                cur = _Cursor(
-                    offset=snap.log_offset,
-                    records=snap.log_records,
-                    pos=snap.position,
-                    chars=snap.chars,
-                    consumed=snap.tokenizer.consumed,
-                    doc_start=snap.tokenizer.doc_start,
-                )
-                f.seek(snap.log_offset)
-                payload, reason = read_frame(f, RECORD_MAGIC, log_size - snap.log_offset)
-                if payload is not None:  # (a torn record right there is cut off by the replay)
-                    try:
-                        _check_record(_record_decoder.decode(payload), cur, self.layout)
-                    except (msgspec.DecodeError, ValueError) as exc:
-                        raise ValueError(f"does not match the log: {exc}") from None
-        return snap
+        return _load_snapshot(path, self.layout, self.stream_id, self.path / LOG_NAME, log_size)
 
     def _drop_tail(self, offset: int, size: int, reason: str) -> None:
         """Move the log's bytes from ``offset`` to a side file and cut them off the log."""
@@ -840,6 +1001,7 @@ class StateDir:
         end_doc: bool = False,
         cut: bool = False,
         held: bytes = b"",
+        mark: InputMark | None = None,
     ) -> None:
         """Log one intake step (written to the OS before returning: it survives the process).
 
@@ -852,7 +1014,7 @@ class StateDir:
         if pos != cur.pos:
             raise RuntimeError(f"log out of step: record at token {pos}, log at {cur.pos}")
         changed = consumed != cur.consumed or held != cur.held or (end_doc and cur.doc_start != consumed)
-        if not (ids or text or cut or changed):
+        if not (ids or text or cut or changed or mark):
             return
         deltas: list[int] = []
         if ends:
@@ -873,8 +1035,10 @@ class StateDir:
             flags=flags,
             held=held,
             time=time.time(),
+            input=mark,
         )
-        data = frame(RECORD_MAGIC, _record_encoder.encode(rec))
+        payload = _record_encoder.encode(rec)
+        data = frame(RECORD_MAGIC, payload)
         try:
             _write_all(self._fd, data)
         except OSError as exc:
@@ -883,7 +1047,7 @@ class StateDir:
                 os.ftruncate(self._fd, cur.offset)
             log.error("state %s: cannot write the log: %s", self.path, exc)
             self.check_writable()
-        _advance(cur, rec, len(ids), len(data))
+        _advance(cur, rec, len(ids), len(data), zlib.crc32(payload))
 
     # -- durability -------------------------------------------------------------------
 
@@ -958,9 +1122,9 @@ class StateDir:
         if lock is not None:
             os.close(lock)  # releases the flock
 
-    def snapshot_cursor(self) -> tuple[int, int]:
-        """(log bytes, log records) a snapshot taken now covers."""
-        return self._cursor.offset, self._cursor.records
+    def snapshot_cursor(self) -> tuple[int, int, RecordRef | None]:
+        """(log bytes, log records, the last record) a snapshot taken now covers."""
+        return self._cursor.offset, self._cursor.records, self._cursor.last
 
 
 def _open_log(path: Path) -> int:
@@ -1062,11 +1226,11 @@ class LogReader:
             records = _iter_records(f, size, cur, self.layout)
             while self._upto is None or cur.records < self._upto:
                 try:
-                    rec, ids, ends, step = next(records)
+                    rec, ids, ends, step, crc = next(records)
                 except StopIteration as stop:
                     self.torn = stop.value
                     return
-                _advance(cur, rec, len(ids), step)
+                _advance(cur, rec, len(ids), step, crc)
                 self.tail.add(rec)
                 if rec.text:
                     self._index.add_chunk(rec.chars, rec.meta)
@@ -1104,17 +1268,14 @@ def read_snapshot(path: str | os.PathLike[str]) -> EngineSnapshot | None:
     if meta is None:
         return None
     folder = check_state_dir(path)
+    try:
+        log_size = os.lstat(folder / LOG_NAME).st_size
+    except FileNotFoundError:
+        log_size = len(LOG_HEADER)
     found = sorted((p for p in folder.iterdir() if SNAPSHOT_RE.fullmatch(p.name)), reverse=True)
     for snap_path in found:
         try:
-            fd = _open_file(snap_path, os.O_RDONLY)
-            with os.fdopen(fd, "rb") as f:
-                payload, _ = read_frame(f, SNAPSHOT_MAGIC, os.fstat(f.fileno()).st_size)
-            if payload is None:
-                continue
-            snap = _snapshot_decoder.decode(payload)
-            _check_snapshot(snap, meta.layout)
-        except (OSError, msgspec.DecodeError, ValueError):
+            return _load_snapshot(snap_path, meta.layout, stream_id(meta), folder / LOG_NAME, log_size)
+        except ValueError:
             continue
-        return snap
     return None

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import codecs
 import logging
+import math
 import os
 import re
 import stat as stat_mod
@@ -46,6 +47,7 @@ __all__ = [
     "follow",
     "iterate",
     "jsonl_records",
+    "nesting_depth",
     "parse_log_line",
     "read_bytes_chunks",
     "read_lines",
@@ -60,6 +62,9 @@ DEFAULT_MAX_LINE_CHARS = 1 << 20
 """Longest line (without its newline) yielded whole; longer ones are cut into pieces."""
 DEFAULT_LOG_TEMPLATE = "{ts} {level} {service} {message}\n"
 """How :func:`jsonl_records` renders a record for the model."""
+MAX_JSON_DEPTH = 64
+"""Deepest nesting of arrays and objects accepted in a JSON-lines record or in a
+:class:`TextChunk`'s ``meta`` (real log records nest a few levels; a deeper one is hostile)."""
 
 PathArg = str | os.PathLike[str]
 
@@ -408,10 +413,10 @@ async def follow(
     data. Ends when ``stop`` is set or after ``idle_timeout`` seconds without new data;
     with neither it runs until cancelled.
     """
-    if poll_interval <= 0:
-        raise ValueError(f"poll_interval must be > 0, got {poll_interval}")
-    if idle_timeout is not None and idle_timeout < 0:
-        raise ValueError(f"idle_timeout must be >= 0, got {idle_timeout}")
+    if not poll_interval > 0 or not math.isfinite(poll_interval):  # (NaN compares false)
+        raise ValueError(f"poll_interval must be a finite number > 0, got {poll_interval}")
+    if idle_timeout is not None and (not idle_timeout >= 0 or not math.isfinite(idle_timeout)):
+        raise ValueError(f"idle_timeout must be a finite number >= 0 or None, got {idle_timeout}")
     name = os.fspath(path)
     if not isinstance(name, str):
         raise TypeError(f"path must be a str or os.PathLike[str], got {type(path).__name__}")
@@ -502,8 +507,39 @@ _LEVEL_KEYS = ("level", "severity", "levelname", "lvl", "log.level")
 _SERVICE_KEYS = ("service", "service.name", "app", "component", "logger")
 
 
+_INT_RANGE = (-(1 << 63), (1 << 64) - 1)
+"""Integers a state directory's log (msgpack) can hold."""
+
+
+def nesting_depth(value: Any, limit: int = MAX_JSON_DEPTH) -> int:
+    """How deeply dicts, lists and tuples nest in ``value`` (a scalar: 0, ``[1]``: 1).
+
+    Counted without recursion, so any depth (or a reference cycle) is safe; counting stops
+    once the depth exceeds ``limit`` (the result is then ``limit + 1``).
+    """
+    depth = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            children: Iterable[Any] = item.values()
+        elif isinstance(item, (list, tuple)):
+            children = item
+        else:
+            continue
+        if level > depth:
+            depth = level
+            if depth > limit:
+                return depth
+        stack.extend((child, level + 1) for child in children)
+    return depth
+
+
 def _json_scalar(value: Any) -> Any:
-    """A JSON scalar as is; a nested object or array as compact JSON text."""
+    """A JSON scalar as is (an integer outside the 64-bit range as its decimal text); a nested
+    object or array as compact JSON text."""
+    if isinstance(value, int) and not isinstance(value, bool) and not _INT_RANGE[0] <= value <= _INT_RANGE[1]:
+        return str(value)
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
     return msgspec.json.encode(value).decode()
@@ -568,8 +604,12 @@ async def jsonl_records(
     {message}\\n"`` gives ``"ERROR api disk full\\n"`` for a record without a timestamp).
     ``template`` may also be a function of that dict of values that returns the text.
 
-    Malformed lines, non-objects, records without ``message_field`` (or with it null) and
-    over-long lines cut into pieces are skipped and counted in ``stats.skipped_records``;
+    An integer outside the 64-bit range is kept as its decimal text (a state directory's log
+    holds 64-bit integers).
+
+    Malformed lines (numbers out of range included), records nested deeper than
+    :data:`MAX_JSON_DEPTH` levels, non-objects, records without ``message_field`` (or with it
+    null) and over-long lines cut into pieces are skipped and counted in ``stats.skipped_records``;
     one in every ``warn_every`` of them, starting with the first, is logged at WARNING with
     its line number. Blank lines are skipped silently. Never raises on bad input.
     """
@@ -605,8 +645,14 @@ async def jsonl_records(
                 continue
             try:
                 record = msgspec.json.decode(chunk.text)
-            except msgspec.DecodeError as exc:
+            except msgspec.DecodeError as exc:  # (a ValidationError too: a number out of range)
                 skip(line, f"malformed JSON ({exc})")
+                continue
+            except RecursionError:  # deeper than the decoder goes: the bound below, reached early
+                skip(line, f"nested deeper than {MAX_JSON_DEPTH} levels")
+                continue
+            if nesting_depth(record) > MAX_JSON_DEPTH:
+                skip(line, f"nested deeper than {MAX_JSON_DEPTH} levels")
                 continue
             if not isinstance(record, dict):
                 skip(line, f"not a JSON object (a {type(record).__name__})")

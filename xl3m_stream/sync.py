@@ -7,9 +7,10 @@ duplicated: this module only crosses the sync/async boundary.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager
-from typing import Any
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
+from typing import Any, Literal
 
 import anyio
 from anyio.from_thread import BlockingPortal, start_blocking_portal
@@ -23,15 +24,75 @@ from .monitor import WatchStats
 from .persistence import RecoveryReport
 
 
+class LoopThread:
+    """An async context manager entered on an event loop of its own in a background thread
+    (an anyio blocking portal), for the synchronous wrappers.
+
+    It runs once: :meth:`start` enters it (again while it runs: nothing happens), :meth:`close`
+    exits it and stops the loop (again: nothing happens); starting it after that, or after a
+    start that failed, raises :class:`EngineClosedError`.
+    """
+
+    def __init__(self, target: AbstractAsyncContextManager[Any], backend: str, what: str, usage: str) -> None:
+        """``what``/``usage`` name the thing in messages: ``"engine"``, ``"SyncEngine"``."""
+        self._target = target
+        self._backend = backend
+        self._what = what
+        self._usage = usage
+        self._lock = threading.Lock()
+        self._state: Literal["new", "running", "closed"] = "new"
+        self._portal_cm: AbstractContextManager[BlockingPortal] | None = None
+        self._portal: BlockingPortal | None = None
+        self._target_cm: AbstractContextManager[Any] | None = None
+
+    def start(self) -> None:
+        with self._lock:
+            if self._state == "running":
+                return
+            if self._state == "closed":
+                raise EngineClosedError(f"this {self._what} was closed (it runs once): create a new one")
+            self._state = "closed"  # unless everything below works
+            portal_cm = start_blocking_portal(self._backend)
+            portal = portal_cm.__enter__()
+            try:
+                target_cm = portal.wrap_async_context_manager(self._target)
+                target_cm.__enter__()
+            except BaseException:
+                portal_cm.__exit__(None, None, None)
+                raise
+            self._portal_cm, self._portal, self._target_cm = portal_cm, portal, target_cm
+            self._state = "running"
+
+    def close(self) -> None:
+        with self._lock:
+            target_cm, self._target_cm = self._target_cm, None
+            portal_cm, self._portal_cm = self._portal_cm, None
+            self._portal = None
+            self._state = "closed"
+            try:
+                if target_cm is not None:
+                    target_cm.__exit__(None, None, None)
+            finally:
+                if portal_cm is not None:
+                    portal_cm.__exit__(None, None, None)
+
+    @property
+    def portal(self) -> BlockingPortal:
+        portal = self._portal
+        if portal is None:
+            raise EngineClosedError(f"the {self._what} is not running: use `with {self._usage}(...) as {self._what}:`")
+        return portal
+
+    def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        return self.portal.call(lambda: fn(*args, **kwargs))
+
+
 class SyncEngine:
     """``with SyncEngine(config) as engine: engine.feed(text); print(engine.ask(q).text)``."""
 
     def __init__(self, config: EngineConfig | None = None, *, backend: str = "asyncio", **overrides: Any) -> None:
         self._engine = Engine(config, **overrides)
-        self._backend = backend
-        self._portal_cm: AbstractContextManager[BlockingPortal] | None = None
-        self._portal: BlockingPortal | None = None
-        self._engine_cm: AbstractContextManager[Engine] | None = None
+        self._loop = LoopThread(self._engine, backend, "engine", "SyncEngine")
 
     @property
     def config(self) -> EngineConfig:
@@ -43,25 +104,14 @@ class SyncEngine:
         return self._engine
 
     def start(self) -> SyncEngine:
-        self._portal_cm = start_blocking_portal(self._backend)
-        self._portal = self._portal_cm.__enter__()
-        try:
-            self._engine_cm = self._portal.wrap_async_context_manager(self._engine)
-            self._engine_cm.__enter__()
-        except BaseException:
-            self._portal_cm.__exit__(None, None, None)
-            self._portal = None
-            raise
+        """Start the engine (load the model, open the state); while it runs this does nothing.
+        An engine runs once: after :meth:`close` (or a failed start) this raises EngineClosedError."""
+        self._loop.start()
         return self
 
     def close(self) -> None:
-        if self._engine_cm is not None:
-            cm, self._engine_cm = self._engine_cm, None
-            cm.__exit__(None, None, None)
-        if self._portal_cm is not None:
-            cm2, self._portal_cm = self._portal_cm, None
-            cm2.__exit__(None, None, None)
-            self._portal = None
+        """Stop the engine (final snapshot with a state_dir); closing again does nothing."""
+        self._loop.close()
 
     def __enter__(self) -> SyncEngine:
         return self.start()
@@ -70,12 +120,10 @@ class SyncEngine:
         self.close()
 
     def _require_portal(self) -> BlockingPortal:
-        if self._portal is None:
-            raise EngineClosedError("the engine is not running: use `with SyncEngine(...) as engine:`")
-        return self._portal
+        return self._loop.portal
 
     def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        return self._require_portal().call(lambda: fn(*args, **kwargs))
+        return self._loop.call(fn, *args, **kwargs)
 
     def feed(self, data: str | bytes | Sequence[int] | Any) -> int:
         return self._call(self._engine.feed, data)
