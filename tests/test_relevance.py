@@ -146,3 +146,33 @@ def test_certainty_alone_keeps_todays_scores(tiny_model_dir, anyio_backend) -> N
         _ask, config, _stream("The zorblatt counter reports 4481."), question, backend=anyio_backend
     )
     assert scored and all(e.score == e.scores["nll"] and "bm25" not in e.scores for e in scored)
+
+
+def test_a_restart_keeps_the_running_document_frequencies(tiny_model_dir, tmp_path, anyio_backend) -> None:
+    """BM25 after a restart equals BM25 of an engine that never stopped: the df come back."""
+    question = "What does the zorblatt counter report?"
+    base = tiny_config(tiny_model_dir, question=question, relevance=["certainty", "lexical"], store_segments=64)
+    first = _stream("The zorblatt counter reports 4481.")
+    second = "\n".join(f"later {i}: the zorblatt counter was read again" for i in range(20)) + "\n"
+
+    async def bm25_of(config, parts, collect_from):
+        async with Engine(config) as engine:
+            events = engine.events()
+            for i, part in enumerate(parts):
+                await engine.process([part])
+            out = {}
+            while True:
+                with anyio.move_on_after(0.01):
+                    event = await events.__anext__()
+                    if isinstance(event, SegmentScored) and event.seq >= collect_from:
+                        out[event.seq] = event.scores["bm25"]
+                    continue
+                break
+            return out, engine.stats().segments_cut
+
+    stateful = base.replace(state_dir=str(tmp_path / "state"))
+    _, cut = anyio.run(bm25_of, stateful, [first], 0, backend=anyio_backend)
+    restarted, _ = anyio.run(bm25_of, stateful, [second], cut, backend=anyio_backend)
+    straight, _ = anyio.run(bm25_of, base, [first, second], cut, backend=anyio_backend)
+    assert restarted and restarted.keys() == straight.keys()
+    assert restarted == pytest.approx(straight)

@@ -576,7 +576,7 @@ class Engine:
                 return
             key = self._question_key(q_ids)
             now = time.time()
-            texts = self._count_terms(segments)
+            texts = self._texts(segments)
             question = self._explicit_text(q_ids)
             if question is not None and key != self._fusion_key:  # a new question: new scales
                 self._fusion.reset()
@@ -596,6 +596,7 @@ class Engine:
                     self._emit(SegmentKept(time=now, seq=seg.seq, start=seg.start, end=seg.end, score=score))
             self._prune_vectors()
             self._check_watches(segments, watched)
+            self._count_terms(texts)
             if self._not_scored is not None:
                 self._mark_scored(segments)
             self._counters["segments_scored"] += len(segments)
@@ -609,15 +610,19 @@ class Engine:
             self._notify_progress()
 
     # ------------------------------------------------------------------ fused relevance (relevance.py)
-    def _count_terms(self, segments: list[Segment]) -> list[str] | None:
-        """Count arriving segments into the stream's running document frequencies; their texts."""
-        if self._lexical is None and self._embedders is None:
+    def _texts(self, segments: list[Segment]) -> list[str] | None:
+        """The segments' texts when a signal beside the certainty needs them."""
+        if not self._fused:
             return None
-        texts = [self._hf_tokenizer.decode(list(seg.tokens)) for seg in segments]
-        if self._lexical is not None:
+        return [self._hf_tokenizer.decode(list(seg.tokens)) for seg in segments]
+
+    def _count_terms(self, texts: list[str] | None) -> None:
+        """Count scored segments into the stream's running document frequencies. Called with no
+        await before ``_mark_scored``, so a snapshot counts a segment exactly when it does not
+        keep it aside for re-scoring."""
+        if self._lexical is not None and texts is not None:
             for text in texts:
                 self._lexical.add(term_counts(text))
-        return texts
 
     def _explicit_text(self, q_ids: tuple[int, ...]) -> str | None:
         """The explicit question the ids belong to (None: a rolling window)."""
@@ -1335,6 +1340,8 @@ class Engine:
                 self._counters[name] = value
         for name in DecodeStats.__struct_fields__:
             setattr(self.decode_stats, name, getattr(snap.decode, name))
+        if snap.lexical is not None and self._lexical is not None:
+            self._lexical = LexicalIndex.from_state(snap.lexical)
 
     def _apply_record(self, rec: StreamRecord, ids: list[int], ends: list[int]) -> None:
         """Redo one logged intake step: the calls feed/flush made, minus the tokenizer's work."""
@@ -1424,6 +1431,7 @@ class Engine:
             ],
             counters=dict(self._counters),
             decode=DecodeStats(**msgspec.structs.asdict(self.decode_stats)),
+            lexical=self._lexical.state() if self._lexical is not None else None,
             stream_id=self._state.stream_id,
             last_record=last,
             input=self._input_mark,

@@ -47,6 +47,7 @@ from typing import Any, BinaryIO, Literal
 import msgspec
 
 from .errors import StateError
+from .relevance import LexicalState
 from .segment import Segment
 from .segmenter import MetaIndexState, Segmenter, SegmenterState
 from .sources import DecodeStats
@@ -242,6 +243,9 @@ class EngineSnapshot(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     before this was recorded). With ``stream_id`` it ties the snapshot to these log bytes."""
     input: InputMark | None = None
     """The last input mark among the records it covers."""
+    lexical: LexicalState | None = None
+    """The lexical signal's running document frequencies (None: off, or an older snapshot;
+    then they restart from the segments scored after it)."""
 
 
 class RecoveryReport(msgspec.Struct, kw_only=True):
