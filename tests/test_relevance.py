@@ -158,7 +158,7 @@ def test_a_restart_keeps_the_running_document_frequencies(tiny_model_dir, tmp_pa
     async def bm25_of(config, parts, collect_from):
         async with Engine(config) as engine:
             events = engine.events()
-            for i, part in enumerate(parts):
+            for part in parts:
                 await engine.process([part])
             out = {}
             while True:
