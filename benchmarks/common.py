@@ -72,6 +72,13 @@ def random_model(shape: str, vocab_size: int, device: str, dtype: Any) -> Any:
     return model
 
 
+def cpu_model() -> str:
+    """The CPU's model name with the flags that decide dtype choices (every figure names it)."""
+    from xl3m_stream.evaluate.runner import cpu_description
+
+    return cpu_description()
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far, in MiB (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -23,7 +23,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import emit, median, now, random_model, stream_text, sync
+from common import cpu_model, emit, median, now, random_model, stream_text, sync
 
 from xl3m_stream.workers import DeviceThreads
 
@@ -42,6 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compile", action="store_true", help="torch.compile the scorer (static shapes)")
     p.add_argument("--device-concurrency", type=int, default=1, help="batches in flight per device")
     p.add_argument("--repeat", type=int, default=5, help="raw/engine pairs, alternating order (default 5)")
+    p.add_argument(
+        "--relevance",
+        default="certainty,lexical,dense",
+        help="relevance signals of the engine, comma-separated (default: all three, the engine's default)",
+    )
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     import anyio
@@ -68,6 +73,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         compile="always" if args.compile else "never",
         device_concurrency=args.device_concurrency,
         question=QUESTION,
+        relevance=[x.strip() for x in args.relevance.split(",") if x.strip()],
+        reader_model=None,  # reading is not measured here: do not load the default reader
     )
     model = tokenizer = None
     if args.shape:
@@ -166,6 +173,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "load_s": round(load_s, 2),
             "segments_scored": stats.segments_scored,
             "threads": torch.get_num_threads(),
+            "relevance": list(engine.config.relevance),
+            "cpu": cpu_model(),
         }
     return result
 

@@ -16,26 +16,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
+import os
 import statistics
-import subprocess
 import sys
 import time
 from typing import Any
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from common import cpu_model
+
 READERS = ("smollm2-135m-instruct", "gemma-3-270m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")
 TASKS = ("prose-lexical", "prose-paraphrase", "log-real")
-
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def build_contexts(tasks: list[str], samples: int, length: int, budget: int) -> list[dict[str, Any]]:

@@ -360,12 +360,30 @@ def aggregate(samples: Sequence[SampleResult]) -> list[ResultRow]:
     return rows
 
 
+def cpu_description() -> str:
+    """The CPU's model name with the flags that decide dtype choices (AMX, AVX512-BF16, AVX2)."""
+    from pathlib import Path
+
+    name, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    shown = [f for f in ("amx_bf16", "avx512_bf16", "avx512f", "avx2") if f in flags]
+    return f"{name} ({', '.join(shown) or 'no AVX2'})"
+
+
 def machine_description() -> str:
     import os
 
     import torch
 
-    where = f"{platform.machine()} {os.cpu_count()} cores"
+    where = f"{cpu_description()}, {platform.machine()} {os.cpu_count()} cores"
     if torch.cuda.is_available():
         where += f", {torch.cuda.get_device_name(0)}"
     return f"{where}, Python {platform.python_version()}, torch {torch.__version__}"
