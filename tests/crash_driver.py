@@ -26,6 +26,7 @@ def config(model: str, state_dir: str, fsync: str) -> EngineConfig:
     return EngineConfig(
         model=model,
         devices=["cpu"],
+        relevance=["certainty", "lexical"],  # the embedder would only slow the kill rounds
         segment_tokens=32,
         question_tokens=8,  # rolling questions: each segment scored against the stream before it
         batch_size=4,

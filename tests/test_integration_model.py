@@ -84,3 +84,49 @@ def test_cli_ask_prints_the_key(tokenizer, tmp_path) -> None:
     assert all({"start", "end", "score", "text"} <= set(s) for s in result["segments"])
     assert first_int_match(result["answer"], sample.answers[0]), result["answer"]
     assert any(sample.answers[0] in s["text"] for s in result["segments"])
+
+
+def _real_sample(tokenizer, task: str, seed: int, length: int):
+    from xl3m_stream.evaluate import realtext
+
+    try:
+        realtext.default_corpus("log" if task == "log-real" else "prose")
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    return make_sample(task, length=length, seed=seed, depth=0.6, count_tokens=_count(tokenizer))
+
+
+def _cli_ask(path, question: str, *extra: str) -> dict:
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    cmd = [sys.executable, "-m", "xl3m_stream.cli", "ask", str(path), "--question", question, "--json", *extra]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout)
+
+
+def test_paraphrased_question_over_a_real_manual_is_answered(tokenizer, tmp_path) -> None:
+    """Real GNU manual text, a question sharing no content word with its evidence: the fused
+    relevance selects it and the default reader (another tokenizer) answers the code."""
+    sample = _real_sample(tokenizer, "prose-paraphrase", seed=2, length=2 * WINDOW)
+    path = tmp_path / "manual.txt"
+    path.write_text(sample.context, encoding="utf-8")
+    result = _cli_ask(path, sample.question)
+    assert any(sample.answers[0] in s["text"] for s in result["segments"]), "evidence must be selected"
+    assert sample.answers[0] in result["answer"], result["answer"]
+
+
+def test_natural_question_over_a_real_package_log_is_answered(tokenizer, tmp_path) -> None:
+    sample = _real_sample(tokenizer, "log-real", seed=1, length=2 * WINDOW)
+    path = tmp_path / "dpkg.log"
+    path.write_text(sample.context, encoding="utf-8")
+    result = _cli_ask(path, sample.question)
+    assert sample.answers[0] in result["answer"], result["answer"]
+
+
+def test_another_reader_family_answers_from_the_key_context(tokenizer, tmp_path) -> None:
+    """`--reader-model gemma-3-270m`: Gemma's tokenizer reads the text SmolLM2 selected."""
+    sample = _real_sample(tokenizer, "prose-lexical", seed=3, length=2 * WINDOW)
+    path = tmp_path / "manual.txt"
+    path.write_text(sample.context, encoding="utf-8")
+    result = _cli_ask(path, sample.question, "--model", "default", "--reader-model", "gemma-3-270m")
+    assert sample.answers[0] in result["answer"], result["answer"]

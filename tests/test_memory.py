@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from helpers import FAST_RELEVANCE
 
 from xl3m_stream import EngineConfig, InputError, KeyContext
 from xl3m_stream.memory import MEMORY_DEFAULTS, AgentMemory, SyncAgentMemory
@@ -14,7 +15,13 @@ FILLER = "The grass is green. The sky is blue. The sun is yellow."
 
 def settings(model_dir, **changes):
     base = dict(
-        model=str(model_dir), devices=["cpu"], segment_tokens=32, store_segments=8, max_new_tokens=4, dtype="float32"
+        model=str(model_dir),
+        devices=["cpu"],
+        segment_tokens=32,
+        store_segments=8,
+        max_new_tokens=4,
+        dtype="float32",
+        relevance=FAST_RELEVANCE,
     )
     base.update(changes)
     return base

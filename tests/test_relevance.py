@@ -114,7 +114,13 @@ def test_paraphrased_evidence_only_the_dense_signal_sees_is_kept_and_selected(ti
     question = "Which aircraft arrived late at the terminal?"
     evidence = "Flight QX-7781 landed two hours behind schedule at gate nine."
     config = tiny_config(
-        tiny_model_dir, question=question, segment_cut="lines", segment_tokens=48, store_segments=3, context_tokens=64
+        tiny_model_dir,
+        question=question,
+        segment_cut="lines",
+        segment_tokens=48,
+        store_segments=3,
+        context_tokens=64,
+        relevance=["certainty", "lexical", "dense"],
     )
     ctx, scored, kept = anyio.run(_ask, config, _stream(evidence), question, backend=anyio_backend)
     assert kept == 3

@@ -8,6 +8,7 @@ import sys
 
 import msgspec
 import pytest
+from helpers import FAST_RELEVANCE
 
 from xl3m_stream import Alert, Engine, EngineConfig, InputError, SyncEngine
 from xl3m_stream.cli import main
@@ -44,6 +45,7 @@ def config(model_dir, **changes) -> EngineConfig:
         batch_wait_ms=1,
         max_new_tokens=4,
         dtype="float32",  # scores are compared to 1e-4: bf16 (auto on AMX/AVX512-BF16 CPUs) is not that exact
+        relevance=FAST_RELEVANCE,
     )
     base.update(changes)
     return EngineConfig(**base)
