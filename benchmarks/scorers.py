@@ -123,7 +123,12 @@ def main() -> None:
             row["tokens_per_s"] = round(sum(r["tokens"] for r in mine) / sum(r["seconds"] for r in mine), 1)
             rows.append(row)
             print(json.dumps(row), file=sys.stderr)
-    result = {"cpu": cpu_model(), "length": args.length, "seconds": round(time.perf_counter() - started, 1), "rows": rows}
+    result = {
+        "cpu": cpu_model(),
+        "length": args.length,
+        "seconds": round(time.perf_counter() - started, 1),
+        "rows": rows,
+    }
     print(f"cpu: {result['cpu']}; {result['seconds']} s", file=sys.stderr)
     if args.json:
         print(json.dumps(result))

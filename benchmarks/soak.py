@@ -339,7 +339,10 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
             acked = max([int(line.split()[1]) for line in out if line.startswith("ack ")] + [0])
             if len(held) < acked:  # acknowledged characters missing from the log
                 figures["acknowledged_chars_lost"] = figures.get("acknowledged_chars_lost", 0) + acked - len(held)
-            checker.check_segments(got, reference_segments(tokenizer, text[:acked]))
+            # fed in pieces, the engine's tokenizer may still hold the last characters as pending text
+            # (kept in the state) where one-shot tokenizing emitted them: require what it emitted
+            emitted = len(got.ids)
+            checker.check_segments(got, [s for s in reference_segments(tokenizer, text[:acked]) if s[2] <= emitted])
         if args.progress:
             print(
                 f"round {r + 1}/{args.rounds} fsync={policy} {'killed' if killed else 'finished'}: "

@@ -125,6 +125,11 @@ def check_state(tokenizer, state: Path, text: str, acked: int, *, final: bool = 
     assert got.chars >= acked, f"the state holds {got.chars} characters, {acked} were acknowledged"
     assert tokenizer.decode(got.ids) + got.pending_text == text[: got.chars], "stream text differs"
     ref_ids, ref_segments = reference(tokenizer, text[: got.chars] if final else text[:acked], final=final)
+    if not final:
+        # the engine was fed in pieces, and its tokenizer may still hold the last characters as
+        # pending text (saved, checked above), where one-shot tokenizing emitted their tokens
+        ref_ids = ref_ids[: len(got.ids)]
+        ref_segments = [s for s in ref_segments if s[2] <= len(got.ids)]
     assert got.ids[: len(ref_ids)] == ref_ids
     held = [(s.seq, s.start, s.end, s.tokens) for s in got.segments]
     lost = sum(1 for want, have in zip(ref_segments, held + [None] * len(ref_segments)) if want != have)

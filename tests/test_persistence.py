@@ -774,3 +774,53 @@ async def test_segments_whose_scoring_failed_are_scored_after_a_restart(
         await engine.drain()
         assert engine.failed_segments == [] and {e.segment.seq for e in engine.store} <= failed
         assert len(engine.store) == min(6, len(failed))
+
+
+def test_ingest_remembers_every_input_not_only_the_last(tiny_model_dir, tmp_path: Path) -> None:
+    """a, then b, then a again: the second ingest of a adds nothing (it took a twice before), also
+    after a crash that left a half-taken before b was ingested."""
+    import contextlib
+    import io
+
+    from xl3m_stream.cli import main
+
+    a, b, state = tmp_path / "a.log", tmp_path / "b.log", tmp_path / "state"
+    a.write_text(TEXT[:1500])
+    b.write_text(TEXT[1500:])
+
+    def ingest(path: Path) -> tuple[int, str]:
+        err = io.StringIO()
+        argv = [
+            "ingest",
+            str(path),
+            "--state-dir",
+            str(state),
+            "--model",
+            str(tiny_model_dir),
+            "--segment-tokens",
+            "32",
+        ]
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            code = main(argv)
+        return code, err.getvalue()
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    assert ingest(a)[0] == 0 and ingest(b)[0] == 0
+    code, err = ingest(a)
+    assert code == 0 and "nothing new" in err, err
+    assert tok.decode(read_stream(state).ids) == TEXT  # a once, then b once
+
+    # a killed ingest of a (half of it taken), then b, then a again: a's rest, once
+    shutil.rmtree(state)
+    source = f"text:{a.resolve()} ({a.stat().st_dev}:{a.stat().st_ino})"
+
+    async def partial() -> None:
+        async with Engine(config(tiny_model_dir, state, question=None)) as engine:
+            await engine.mark_input(source, 0)
+            await engine.feed(TextChunk(text=TEXT[:700]))
+
+    anyio.run(partial)
+    assert ingest(b)[0] == 0
+    code, err = ingest(a)
+    assert code == 0 and "resumed" in err and "character 700" in err, err
+    assert tok.decode(read_stream(state).ids) == TEXT[:700] + TEXT[1500:] + TEXT[700:1500]

@@ -346,9 +346,9 @@ class _Resume:
         self.engine = engine
         self.path = args.path
         self.source = f"{'jsonl' if args.jsonl else 'text'}:{os.path.realpath(args.path)} ({st.st_dev}:{st.st_ino})"
-        mark = engine.input_mark
-        self.previous = mark if mark is not None and mark.source == self.source and not args.from_start else None
-        self.skip = self.previous.taken_by(engine.chars_taken) if self.previous is not None else 0
+        mark, taken = engine.input_resume(self.source) if not args.from_start else (None, 0)
+        self.previous = mark
+        self.skip = taken
         """Characters of the file's text the state holds."""
         self.seen = 0  # characters of the file's text read so far
         self.fed = False

@@ -90,6 +90,8 @@ QUESTION_KEYS_KEPT = 4096
 """How many distinct questions keep their key (see ``Engine._question_key``)."""
 THREAD_TOKENIZE_CHARS = 1 << 14
 """Text longer than this is tokenised in a worker thread so the event loop stays responsive."""
+INPUTS_KEPT = 1024
+"""Inputs (ingested files) whose latest mark a state remembers for resuming."""
 MAX_EXPLAINING = 32
 """Alerts explained at once; beyond it an alert is emitted without an explanation."""
 MAX_SUBSCRIBERS = 256
@@ -196,6 +198,9 @@ class Engine:
         self._meta = MetaIndex()
         self._chars_in = 0  # characters of text fed (offsets of the incremental tokenizer)
         self._input_mark: InputMark | None = None  # the last one logged or restored (ingest resume)
+        # the latest mark of each input (bounded): a file ingested, then another, then the first
+        # again resumes where the first stopped instead of taking it twice
+        self._inputs: OrderedDict[str, InputMark] = OrderedDict()
         self._bytes = Utf8Decoder(self.decode_stats)
         boundary = newline_token_ids(tok) if cfg.segment_cut == "lines" else None
         self._segmenter = Segmenter(cfg.segment_tokens, overlap=cfg.segment_overlap, boundary_ids=boundary)
@@ -1320,7 +1325,8 @@ class Engine:
         self._position = snap.position
         self._chars_in = snap.chars
         self._bytes.restore(snap.held)
-        self._input_mark = snap.input
+        for mark in [*snap.inputs, *([snap.input] if snap.input is not None else [])]:
+            self._note_input(mark)
         self._question_keys = OrderedDict((tuple(q), i + 1) for i, q in enumerate(snap.questions))
         self._next_question_key = len(self._question_keys) + 1
         store = SegmentStore.from_snapshot(snap.store)
@@ -1346,7 +1352,7 @@ class Engine:
     def _apply_record(self, rec: StreamRecord, ids: list[int], ends: list[int]) -> None:
         """Redo one logged intake step: the calls feed/flush made, minus the tokenizer's work."""
         if rec.input is not None:
-            self._input_mark = rec.input
+            self._note_input(rec.input)
         if rec.text:
             self._meta.add_chunk(rec.chars, rec.meta)
         if ends:
@@ -1435,6 +1441,7 @@ class Engine:
             stream_id=self._state.stream_id,
             last_record=last,
             input=self._input_mark,
+            inputs=[m for m in self._inputs.values() if m is not self._input_mark],
         )
 
     async def _write_snapshot(self) -> None:
@@ -1504,9 +1511,36 @@ class Engine:
         async with self._feeding, self._intake:
             mark = InputMark(source=source, taken=taken, at=self._chars_in, complete=complete, digest=digest)
             self._log(self._position, (), mark=mark)
-            self._input_mark = mark
+            self._note_input(mark)
         await self._commit()
         return mark
+
+    def _note_input(self, mark: InputMark) -> None:
+        """``mark`` is now the last; the previous last, if it was another input's and not complete,
+        is settled: the text fed after it up to this mark was that input's, and no more."""
+        last = self._input_mark
+        if last is not None and last.source != mark.source and not last.complete and last.source in self._inputs:
+            self._inputs[last.source] = msgspec.structs.replace(
+                last,
+                taken=last.taken_by(mark.at),
+                at=mark.at,
+                digest="",  # (the hash covered fewer characters)
+            )
+        self._inputs[mark.source] = mark
+        self._inputs.move_to_end(mark.source)
+        while len(self._inputs) > INPUTS_KEPT:
+            self._inputs.popitem(last=False)
+        self._input_mark = mark
+
+    def input_resume(self, source: str) -> tuple[InputMark | None, int]:
+        """The latest mark of input ``source`` and how many of its characters the stream holds
+        (0 and None: none that this state remembers)."""
+        mark = self._inputs.get(source)
+        if mark is None:
+            return None, 0
+        if mark is self._input_mark:  # the last input: what was fed after its mark is its text
+            return mark, mark.taken_by(self._chars_in)
+        return mark, mark.taken
 
     @property
     def input_mark(self) -> InputMark | None:

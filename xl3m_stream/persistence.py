@@ -243,6 +243,8 @@ class EngineSnapshot(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     before this was recorded). With ``stream_id`` it ties the snapshot to these log bytes."""
     input: InputMark | None = None
     """The last input mark among the records it covers."""
+    inputs: list[InputMark] = []
+    """The latest mark of each other input it remembers (settled: no text after it is theirs)."""
     lexical: LexicalState | None = None
     """The lexical signal's running document frequencies (None: off, or an older snapshot;
     then they restart from the segments scored after it)."""
