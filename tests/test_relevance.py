@@ -182,3 +182,54 @@ def test_a_restart_keeps_the_running_document_frequencies(tiny_model_dir, tmp_pa
     straight, _ = anyio.run(bm25_of, base, [first, second], cut, backend=anyio_backend)
     assert restarted and restarted.keys() == straight.keys()
     assert restarted == pytest.approx(straight)
+
+
+@needs_embedder
+def test_a_dense_watch_alerts_on_an_incident_that_shares_no_word_with_its_question(
+    tiny_model_dir, anyio_backend
+) -> None:
+    from xl3m_stream import Alert
+
+    question = "Is a disk failing?"  # the incident line says "I/O error, dev sdq": no word in common
+    lines = [
+        f"2025-06-24 14:{i // 60:02d}:{i % 60:02d} status installed libfoo{i % 7}:amd64 1.{i}-1" for i in range(160)
+    ]
+    lines[120] = "2025-06-24 14:02:00 kernel: blk_update_request: I/O error, dev sdq, sector 48213376 op 0x0:(READ)"
+    config = tiny_config(
+        tiny_model_dir,
+        question=None,
+        segment_cut="lines",
+        segment_tokens=64,  # one log line a segment
+        relevance=["certainty", "lexical", "dense"],
+    )
+
+    async def run():
+        async with Engine(config) as engine:
+            events = engine.events()
+            engine.watch(question, measure="dense", threshold="z4", warmup=20, min_overlap=None)
+            await engine.process(["\n".join(lines) + "\n"])
+            alerts = []
+            while True:
+                with anyio.move_on_after(0.01):
+                    event = await events.__anext__()
+                    if isinstance(event, Alert):
+                        alerts.append(event)
+                    continue
+                break
+            return alerts
+
+    alerts = anyio.run(run, backend=anyio_backend)
+    assert [a for a in alerts if "I/O error" in a.text], [a.text for a in alerts]
+    assert len(alerts) == 1, [a.text for a in alerts]
+    assert alerts[0].measure == "dense" and alerts[0].scores["dense"] == alerts[0].score
+
+
+def test_a_dense_watch_needs_the_dense_signal(tiny_model_dir, anyio_backend) -> None:
+    from xl3m_stream import InputError
+
+    async def run():
+        async with Engine(tiny_config(tiny_model_dir, relevance=["certainty"])) as engine:
+            with pytest.raises(InputError, match="dense"):
+                engine.watch("Is a disk failing?", measure="dense")
+
+    anyio.run(run, backend=anyio_backend)

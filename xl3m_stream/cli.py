@@ -120,7 +120,11 @@ def _engine_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--reader-model", help="answering model (default: the scoring model)")
     g.add_argument("--config", metavar="FILE", help="engine settings from a .toml or .json file")
     g.add_argument("--device", action="append", dest="devices", metavar="DEV", help="cpu, cuda:0, ... (repeatable)")
-    g.add_argument("--measure", choices=["entropy", "nll", "gain", "tgain"], help="relevance measure")
+    g.add_argument(
+        "--measure",
+        choices=["entropy", "nll", "gain", "tgain", "dense"],
+        help="relevance measure (dense: watch only, the question's embedding similarity)",
+    )
     g.add_argument(
         "--relevance",
         metavar="SIGNALS",
@@ -562,7 +566,10 @@ def _cmd_watch(args: argparse.Namespace) -> int:
     if args.explain:
         options["explain"] = True
     Monitor().add(questions[0], **options)  # check the options before loading a model
-    config = _config(args, question=questions[0], segment_cut="lines", measure=measure)
+    engine_measure = {"measure": measure}
+    if measure == "dense":  # a watch's signal only: the engine keeps its certainty measure
+        args.measure, engine_measure = None, {}
+    config = _config(args, question=questions[0], segment_cut="lines", **engine_measure)
     try:
         result = anyio.run(_watch, args, questions, options, config)
     except Exception as exc:  # a failure inside the pipeline's task group: report the error itself

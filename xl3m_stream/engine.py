@@ -599,6 +599,7 @@ class Engine:
                     self._emit(SegmentEvicted(time=now, seq=s.seq, start=s.start, end=s.end, score=gone.score))
                 if offer.kept:
                     self._emit(SegmentKept(time=now, seq=seg.seq, start=seg.start, end=seg.end, score=score))
+            await self._watch_similarity(segments, texts, watched)
             self._prune_vectors()
             self._check_watches(segments, watched)
             self._count_terms(texts)
@@ -1121,6 +1122,8 @@ class Engine:
         (``Alert.question_index``).
         """
         self._check_open()
+        if measure == "dense" and self._embedders is None:
+            raise InputError("measure='dense' needs the dense signal: put 'dense' in EngineConfig.relevance")
         _, ids = self._encode_scoring_question(question)
         watch = self._monitor.add(
             question,
@@ -1158,6 +1161,23 @@ class Engine:
         questions = list(dict.fromkeys([q_ids, *watched.values()]))
         results = dict(zip(questions, await self._score_many(segments, questions)))
         return results[q_ids], {wid: results[ids] for wid, ids in watched.items()}
+
+    async def _watch_similarity(
+        self, segments: list[Segment], texts: list[str] | None, watched: dict[int, list[dict[str, float]]]
+    ) -> None:
+        """Add the ``dense`` score (cosine to the watched question) for watches that alert on it."""
+        dense = [wid for wid in watched if wid in self._monitor and self._monitor.get(wid).measure == "dense"]
+        if not dense or self._embedders is None or texts is None:
+            return
+        missing = [i for i, seg in enumerate(segments) if seg.seq not in self._vectors]
+        if missing:
+            for i, v in zip(missing, await self._embed([texts[i] for i in missing])):
+                self._vectors[segments[i].seq] = v
+        rows = [self._vectors[seg.seq] for seg in segments]
+        for wid in dense:
+            q = await self._question_vector(self._monitor.get(wid).question)
+            for row, vector in zip(watched[wid], rows):
+                row["dense"] = float(vector @ q)
 
     def _check_watches(self, segments: list[Segment], watched: dict[int, list[dict[str, float]]]) -> None:
         """Hand each watched question's scores to the monitor; emit (or explain) the alerts."""

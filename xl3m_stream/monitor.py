@@ -50,7 +50,8 @@ __all__ = [
     "WatchStats",
 ]
 
-WATCH_MEASURES = ("entropy", "nll", "gain", "tgain")
+WATCH_MEASURES = ("entropy", "nll", "gain", "tgain", "dense")
+"""What a watch can alert on: a certainty measure, or ``dense`` (the question's embedding cosine)."""
 DEFAULT_WATCH_MEASURE = "nll"
 """Measure a watch alerts on unless told otherwise (chosen by measurement: docs/MONITORING.md)."""
 DEFAULT_THRESHOLD = "z2"
