@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import re
 from collections import Counter
 
 import anyio
@@ -233,3 +234,42 @@ def test_a_dense_watch_needs_the_dense_signal(tiny_model_dir, anyio_backend) -> 
                 engine.watch("Is a disk failing?", measure="dense")
 
     anyio.run(run, backend=anyio_backend)
+
+
+@settings(max_examples=100, deadline=None)
+@given(text=st.text(alphabet=st.sampled_from(list("ab cd.\n!?;")), max_size=300), limit=st.integers(1, 20))
+def test_passages_keep_every_word_in_order_and_pack_sentences(text, limit) -> None:
+    from xl3m_stream.embedding import passages
+
+    cut = passages(text, limit)
+    assert " ".join(cut).split() == text.split()  # nothing lost, nothing reordered
+    assert cut  # at least one passage, even for empty text
+    for p in cut:  # over the limit only when one sentence alone is longer
+        assert len(p.split()) <= limit or len([u for u in re.split(r"(?<=[.!?;])\s+", p) if u.strip()]) == 1
+
+
+@needs_embedder
+def test_a_one_sentence_needle_is_not_diluted_by_its_segment() -> None:
+    """The best passage scores the needle's own sentence; the segment's mean embedding is
+    diluted by the unrelated text around it."""
+    import numpy as np
+
+    from xl3m_stream.embedding import Embedder
+    from xl3m_stream.relevance import passage_similarity
+
+    e = Embedder()
+    filler = (
+        "The sort command orders the lines of its input. Fields are separated by blanks. "
+        "Use the key option to choose a field, and the numeric option to compare numbers. "
+    ) * 6
+    needle = "Support tickets about corrupted archives should quote the reference number Q7."
+    segment = filler + needle + " " + filler
+    question = "Which identifier must accompany help requests concerning damaged compressed bundles?"
+    q = e.encode([question])[0]
+    whole = float(e.encode_segments([segment])[0] @ q)
+    best = passage_similarity(q, e.encode_passages([segment]))[0]
+    alone = float(e.encode([needle])[0] @ q)
+    assert best == pytest.approx(alone, abs=0.02)
+    assert best > whole + 0.1
+    rows = e.encode_passages([segment, "", needle])
+    assert [len(r) for r in rows][2] == 1 and all(np.allclose(np.linalg.norm(r, axis=1), 1, atol=1e-4) for r in rows)

@@ -117,7 +117,10 @@ def _parser() -> argparse.ArgumentParser:
 def _engine_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("engine")
     g.add_argument("--model", help="scoring model: default alias, directory, .gguf file or HF id")
-    g.add_argument("--reader-model", help="answering model (default: the scoring model)")
+    g.add_argument(
+        "--reader-model",
+        help="answering model: alias, directory, .gguf or HF id (default: the catalog reader, else the scorer)",
+    )
     g.add_argument("--config", metavar="FILE", help="engine settings from a .toml or .json file")
     g.add_argument("--device", action="append", dest="devices", metavar="DEV", help="cpu, cuda:0, ... (repeatable)")
     g.add_argument(

@@ -25,7 +25,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +36,7 @@ from sortedcontainers import SortedSet
 
 from .config import EngineConfig
 from .devices import DevicePool, Replica
+from .embedding import Embedder
 from .errors import ConfigError, EngineClosedError, InputError, ScoringError, StateError
 from .events import (
     Alert,
@@ -73,7 +74,15 @@ from .persistence import (
     check_state_dir,
     tokenizer_fingerprint,
 )
-from .relevance import SIGNALS, ArrivalFusion, LexicalIndex, cosine, reciprocal_rank_fusion, term_counts, words
+from .relevance import (
+    SIGNALS,
+    ArrivalFusion,
+    LexicalIndex,
+    passage_similarity,
+    reciprocal_rank_fusion,
+    term_counts,
+    words,
+)
 from .segment import Segment
 from .segmenter import MetaIndex, Segmenter, newline_token_ids
 from .sources import MAX_JSON_DEPTH, DecodeStats, Utf8Decoder, nesting_depth
@@ -661,7 +670,7 @@ class Engine:
             vectors = await self._embed(texts)
             for seg, vector in zip(segments, vectors):
                 self._vectors[seg.seq] = vector
-            sims = cosine(await self._question_vector(question), vectors)
+            sims = passage_similarity(await self._question_vector(question), vectors)
             for row, sim in zip(extra, sims):
                 row["dense"] = sim
         out = []
@@ -675,17 +684,21 @@ class Engine:
             out.append((fusion.score(signals), scores))
         return out
 
-    async def _embed(self, texts: list[str]) -> Any:
-        """Embeddings of ``texts`` on a replica's own threads (the embedder is torch code)."""
+    async def _on_embedder(self, work: Callable[[Embedder], Any]) -> Any:
+        """``work(embedder)`` on a replica's own threads (the embedder is torch code)."""
         assert self._pool is not None and self._embedders is not None
         replica = self._pool.pick() or self._pool.first
         embedder = self._embedders[replica.index]
-        return await self._score_threads[replica.index].run(lambda: embedder.encode_segments(texts))
+        return await self._score_threads[replica.index].run(lambda: work(embedder))
+
+    async def _embed(self, texts: list[str]) -> list[Any]:
+        """Each text's passage embeddings: a matrix, one unit row per passage."""
+        return await self._on_embedder(lambda e: e.encode_passages(texts))
 
     async def _question_vector(self, question: str) -> Any:
         vector = self._question_vectors.get(question)
         if vector is None:
-            vector = (await self._embed([question]))[0]
+            vector = (await self._on_embedder(lambda e: e.encode([question])))[0]
             self._question_vectors[question] = vector
             if len(self._question_vectors) > 64:
                 self._question_vectors.popitem(last=False)
@@ -714,8 +727,7 @@ class Engine:
                 if seq in self._store:
                     self._vectors[seq] = v
             rows = [self._vectors.get(e.segment.seq, vectors.get(e.segment.seq)) for e in candidates]
-            q = await self._question_vector(question)
-            lists.append([float(row @ q) for row in rows])
+            lists.append(passage_similarity(await self._question_vector(question), rows))
         fused = reciprocal_rank_fusion(lists)
         return [msgspec.structs.replace(e, score=f) for e, f in zip(candidates, fused)]
 
@@ -1176,8 +1188,8 @@ class Engine:
         rows = [self._vectors[seg.seq] for seg in segments]
         for wid in dense:
             q = await self._question_vector(self._monitor.get(wid).question)
-            for row, vector in zip(watched[wid], rows):
-                row["dense"] = float(vector @ q)
+            for row, sim in zip(watched[wid], passage_similarity(q, rows)):
+                row["dense"] = sim
 
     def _check_watches(self, segments: list[Segment], watched: dict[int, list[dict[str, float]]]) -> None:
         """Hand each watched question's scores to the monitor; emit (or explain) the alerts."""

@@ -167,6 +167,11 @@ def cosine(question: np.ndarray, rows: np.ndarray) -> list[float]:
     return [float(x) for x in rows @ question]
 
 
+def passage_similarity(question: np.ndarray, segments: Sequence[np.ndarray]) -> list[float]:
+    """Each segment's dense similarity: the best cosine of its passages' unit vectors (rows)."""
+    return [float(np.max(rows @ question)) if len(rows) else -1.0 for rows in segments]
+
+
 def _ranks(scores: Sequence[float]) -> list[float]:
     """1-based rank of each score, highest first; tied scores share their average rank."""
     order = sorted(range(len(scores)), key=lambda i: -float(scores[i]))
