@@ -164,3 +164,24 @@ def test_the_machines_own_corpus_when_present(kind: str) -> None:
     task = "log-real" if kind == "log" else "prose-paraphrase"
     s = make_sample(task, length=20000, seed=1, count_tokens=words)
     assert contains_evidence(s, s.context) and s.meta["corpus"] == files
+
+
+def test_a_giant_paragraph_does_not_shrink_the_sample(tmp_path: Path) -> None:
+    """One paragraph of 100 k characters (an index, a table) once made a 16 k-token sample come
+    out at a sixth of its length: units are bounded, so every seed is sized to its length."""
+    lines = [f"entry {i}: see section {i % 97} for the option {i * 7}" for i in range(2500)]
+    (tmp_path / "index.txt").write_text(
+        MANUAL.replace("\x1f", "") + "\n\n" + "\n".join(lines) + "\n\n" + MANUAL.replace("\x1f", "")
+    )
+    units = realtext.prose_units([tmp_path / "index.txt"])
+    assert all(len(next(units)) <= realtext.UNIT_CHARS + 2 for _ in range(500))
+    for seed in range(8):
+        s = make_sample(
+            "prose-paraphrase",
+            length=12000,
+            seed=seed,
+            depth=None,
+            count_tokens=words,
+            haystack_files=[str(tmp_path / "index.txt")],
+        )
+        assert abs(int(s.meta["tokens"]) - 12000) <= 0.05 * 12000, (seed, s.meta["tokens"])

@@ -162,9 +162,35 @@ def corpus_identity(paths: Sequence[str | Path]) -> dict[str, Any]:
     return {"files": files, "sha256": h.hexdigest()}
 
 
+UNIT_CHARS = 2000
+"""Longest haystack unit: a longer paragraph (an index, a table) is cut at line ends, so a
+sample can be sized to its length (one 100 k-character unit once made a 16 k-token sample
+come out at 2.5 k tokens)."""
+
+
+def _bounded(paragraph: str, limit: int = UNIT_CHARS) -> list[str]:
+    """``paragraph`` as pieces of at most ``limit`` characters, cut after a newline where one
+    is near (else hard-cut)."""
+    pieces: list[str] = []
+    while len(paragraph) > limit:
+        cut = paragraph.rfind("\n", 0, limit)
+        cut = cut + 1 if cut > limit // 4 else limit
+        pieces.append(paragraph[:cut])
+        paragraph = paragraph[cut:]
+    return [*pieces, paragraph]
+
+
 def prose_units(paths: Sequence[str | Path]) -> Iterator[str]:
-    """The paragraphs of the prose files, in order, repeated endlessly (each ends with a blank line)."""
-    units = [para.strip("\n") + "\n\n" for p in paths for para in re.split(r"\n\s*\n", read_corpus_file(p))]
+    """The paragraphs of the prose files, in order, repeated endlessly (each ends with a blank
+    line; a paragraph over :data:`UNIT_CHARS` characters is cut into several units)."""
+    paragraphs = [para.strip("\n") for p in paths for para in re.split(r"\n\s*\n", read_corpus_file(p))]
+    units = [
+        piece + "\n\n" if k == len(pieces) - 1 else piece
+        for para in paragraphs
+        if para.strip()
+        for pieces in [_bounded(para)]
+        for k, piece in enumerate(pieces)
+    ]
     units = [u for u in units if u.strip()]
     if not units:
         raise ValueError(f"the prose corpus holds no text: {list(map(str, paths))}")
