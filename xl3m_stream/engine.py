@@ -78,8 +78,8 @@ from .relevance import (
     SIGNALS,
     ArrivalFusion,
     LexicalIndex,
+    interleaved_rank_fusion,
     passage_similarity,
-    reciprocal_rank_fusion,
     term_counts,
     words,
 )
@@ -712,7 +712,8 @@ class Engine:
             self._vectors = {seq: v for seq, v in self._vectors.items() if seq in self._store}
 
     async def _fuse_candidates(self, candidates: list[StoreEntry], question: str) -> list[StoreEntry]:
-        """Every signal against the asked question for each candidate, fused by rank (RRF)."""
+        """Every signal against the asked question for each candidate, fused by rank: each signal's
+        best first, then each one's second... (:func:`~xl3m_stream.relevance.interleaved_rank_fusion`)."""
         measure = self.config.measure
         lists = [[(e.scores or {}).get(measure, e.score) for e in candidates]]
         texts = [self._hf_tokenizer.decode(list(e.segment.tokens)) for e in candidates]
@@ -728,7 +729,7 @@ class Engine:
                     self._vectors[seq] = v
             rows = [self._vectors.get(e.segment.seq, vectors.get(e.segment.seq)) for e in candidates]
             lists.append(passage_similarity(await self._question_vector(question), rows))
-        fused = reciprocal_rank_fusion(lists)
+        fused = interleaved_rank_fusion(lists)
         return [msgspec.structs.replace(e, score=f) for e, f in zip(candidates, fused)]
 
     async def _score(self, segments: list[Segment], q_ids: tuple[int, ...]) -> list[dict[str, float]]:

@@ -41,7 +41,13 @@ RRF_K = 60
 MIN_STATS = 2
 """Arrivals a signal must have seen before its z-score counts (fewer: the z-score is 0). Kept
 small on purpose: evidence early in a stream must be able to stand out too."""
-_TINY = 1e-9
+SPREAD_FLOOR = {"certainty": 0.05, "lexical": 0.5, "dense": 0.02}
+"""Smallest spread a signal's z-score divides by, in the signal's own units (nats per token,
+BM25 points, cosine). Without it a signal that was constant so far (BM25 is 0 on every segment
+without a question word) gives the first segment with any match, however weak, a z-score of
+millions, which then outranks the evidence for the rest of the stream; with it a z-score of 1
+means at least this much above the mean: a tenth of a typical spread of the certainty, a
+fraction of one matched term's BM25, a small step in cosine."""
 
 _WORD = re.compile(r"\w+")
 
@@ -144,6 +150,7 @@ class ArrivalFusion:
     def __init__(self, signals: Sequence[str], window: int = 4096) -> None:
         self.signals = tuple(signals)
         self.window = window
+        self._floor = {s: SPREAD_FLOOR.get(s, 0.0) or 1e-9 for s in self.signals}
         self._stats = {s: RunningScores(window) for s in self.signals}
 
     def reset(self) -> None:
@@ -155,8 +162,8 @@ class ArrivalFusion:
         for name in self.signals:
             stats, value = self._stats[name], values[name]
             z = 0.0
-            if len(stats) >= MIN_STATS:  # (a spread of 0 so far: any difference stands out)
-                z = (value - stats.mean) / max(stats.std, _TINY * max(1.0, abs(stats.mean)))
+            if len(stats) >= MIN_STATS:
+                z = (value - stats.mean) / max(stats.std, self._floor[name])
             best = max(best, z)
             stats.add(value)
         return best
@@ -186,6 +193,23 @@ def _ranks(scores: Sequence[float]) -> list[float]:
             ranks[order[k]] = avg
         i = j + 1
     return ranks
+
+
+def interleaved_rank_fusion(rankings: Sequence[Sequence[float]], k: int = RRF_K) -> list[float]:
+    """Fused score that orders items by their **best** rank in any list, ties broken by RRF.
+
+    Filling a budget best-first by it takes each signal's first choice, then each one's second,
+    and so on: evidence that one signal ranks first is kept however the others rank it (plain
+    RRF averages it away: a paraphrased needle ranked 2nd by the embedding and 26th and 39th by
+    the certainty and BM25 came 10th of 65). Higher = better: ``-best_rank`` plus the RRF score
+    scaled below 1, so RRF only orders items of the same best rank.
+    """
+    if not rankings:
+        return []
+    scale = (k + 1) / (len(rankings) + 1)  # RRF is at most len(rankings) / (k + 1)
+    fused = reciprocal_rank_fusion(rankings, k)
+    ranks = [_ranks(scores) for scores in rankings]
+    return [f * scale - min(r[i] for r in ranks) for i, f in enumerate(fused)]
 
 
 def reciprocal_rank_fusion(rankings: Sequence[Sequence[float]], k: int = RRF_K) -> list[float]:
