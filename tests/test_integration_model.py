@@ -1,7 +1,10 @@
-"""Integration tests on the real default model (SmolLM2-135M-Instruct): the proof.
+"""Integration tests on the real models: the proof.
 
-Each sample streams 8x the model's 8192-token window through the engine. They take minutes
-on a CPU; skip them with ``-m "not model"``.
+The scorer is the default SmolLM2-135M-Instruct (8,192-token window); the passkey samples
+stream 8x its window through the engine and read with it, the real-text samples (GNU manuals,
+this machine's package logs) read with the default reader Qwen2.5-Coder-1.5B or Gemma-3-270M.
+Each is one fixed sample: the rates over many samples are the evaluation's
+(docs/RESULTS.md). They take minutes on a CPU; skip them with ``-m "not model"``.
 """
 
 from __future__ import annotations
