@@ -102,3 +102,17 @@ def test_cli_demo_streams_the_same_document(tiny_model_dir, counters, capsys) ->
     assert result["expected"] == sample.answers[0] and result["depth"] == depth
     assert result["stream_tokens"] == sample.meta["tokens"]
     assert isinstance(result["correct"], bool)
+
+
+def test_cli_demo_names_the_scorers_window_and_the_reader(tiny_model_dir, capsys) -> None:
+    rc = main(["demo", "--tokens", "3000", "--seed", "5", "--model", str(tiny_model_dir)])
+    assert rc == 0
+    out = capsys.readouterr()
+    first = out.err.splitlines()[0] if out.err else ""
+    import torch
+
+    from xl3m_stream import models
+
+    window = models.load(str(tiny_model_dir), torch.device("cpu")).window
+    assert f"{3000 / window:.1f}x the {window:,}-token window of the scorer" in out.err, first
+    assert "read by" in out.err and ("CORRECT" in out.out or "WRONG" in out.out)

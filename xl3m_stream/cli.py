@@ -727,6 +727,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if args.depth is not None and not 0.0 <= args.depth <= 1.0:
         raise InputError("--depth must be between 0 and 1")
     config = _config(args)
+    if args.max_new_tokens is None:  # the key is a number: a few tokens answer it
+        import msgspec
+
+        config = msgspec.structs.replace(config, max_new_tokens=16)
     show = _want_progress(args)
 
     async def run() -> dict[str, Any]:
@@ -754,8 +758,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             await engine.set_question(doc.question)
             if not args.json:
                 print(
-                    f"passkey demo: {args.tokens:,} tokens ({args.tokens / engine.reader_window:.1f}x the "
-                    f"{engine.reader_window}-token window of {engine.model_name}), key at depth {depth:.2f}",
+                    f"passkey demo: {args.tokens:,} tokens ({args.tokens / engine.model_window:.1f}x the "
+                    f"{engine.model_window:,}-token window of the scorer {engine.model_name}; read by "
+                    f"{engine.reader_name}), key at depth {depth:.2f}",
                     file=sys.stderr,
                 )
             done = 0
@@ -775,6 +780,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                 depth=depth,
                 model=engine.model_name,
                 window=engine.reader_window,
+                model_window=engine.model_window,
+                reader=engine.reader_name,
                 load_seconds=round(loaded - started, 3),
                 ingest_seconds=round(ingested - loaded, 3),
                 ingest_tokens_per_s=round(engine.stream_tokens / max(ingested - loaded, 1e-9), 1),

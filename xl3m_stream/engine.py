@@ -1730,6 +1730,13 @@ class Engine:
         return self._pool.first.reader_model.name
 
     @property
+    def model_window(self) -> int:
+        """The scoring model's context window in tokens (what the stream is a multiple of)."""
+        self._check_open()
+        assert self._pool is not None
+        return self._pool.first.scoring_model.window
+
+    @property
     def model_name(self) -> str:
         """Name of the scoring model."""
         self._check_open()
