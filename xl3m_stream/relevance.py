@@ -169,11 +169,6 @@ class ArrivalFusion:
         return best
 
 
-def cosine(question: np.ndarray, rows: np.ndarray) -> list[float]:
-    """Cosine similarity of unit vectors: one question against each row."""
-    return [float(x) for x in rows @ question]
-
-
 def passage_similarity(question: np.ndarray, segments: Sequence[np.ndarray]) -> list[float]:
     """Each segment's dense similarity: the best cosine of its passages' unit vectors (rows)."""
     return [float(np.max(rows @ question)) if len(rows) else -1.0 for rows in segments]
@@ -206,10 +201,9 @@ def interleaved_rank_fusion(rankings: Sequence[Sequence[float]], k: int = RRF_K)
     """
     if not rankings:
         return []
+    ranks = _ranks_of(rankings)
     scale = (k + 1) / (len(rankings) + 1)  # RRF is at most len(rankings) / (k + 1)
-    fused = reciprocal_rank_fusion(rankings, k)
-    ranks = [_ranks(scores) for scores in rankings]
-    return [f * scale - min(r[i] for r in ranks) for i, f in enumerate(fused)]
+    return [f * scale - min(r[i] for r in ranks) for i, f in enumerate(_rrf(ranks, k))]
 
 
 def reciprocal_rank_fusion(rankings: Sequence[Sequence[float]], k: int = RRF_K) -> list[float]:
@@ -220,11 +214,17 @@ def reciprocal_rank_fusion(rankings: Sequence[Sequence[float]], k: int = RRF_K) 
     """
     if not rankings:
         return []
+    return _rrf(_ranks_of(rankings), k)
+
+
+def _ranks_of(rankings: Sequence[Sequence[float]]) -> list[list[float]]:
+    """Each score list's ranks (:func:`_ranks`); the lists must be of one length."""
     n = len(rankings[0])
     if any(len(r) != n for r in rankings):
         raise ValueError("every score list must have one score per item")
-    fused = [0.0] * n
-    for scores in rankings:
-        for i, r in enumerate(_ranks(scores)):
-            fused[i] += 1.0 / (k + r)
-    return fused
+    return [_ranks(scores) for scores in rankings]
+
+
+def _rrf(ranks: Sequence[Sequence[float]], k: int) -> list[float]:
+    """``sum(1 / (k + rank))`` per item over the rank lists."""
+    return [sum(1.0 / (k + r[i]) for r in ranks) for i in range(len(ranks[0]))]

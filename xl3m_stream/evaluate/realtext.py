@@ -183,14 +183,11 @@ def _bounded(paragraph: str, limit: int = UNIT_CHARS) -> list[str]:
 def prose_units(paths: Sequence[str | Path]) -> Iterator[str]:
     """The paragraphs of the prose files, in order, repeated endlessly (each ends with a blank
     line; a paragraph over :data:`UNIT_CHARS` characters is cut into several units)."""
-    paragraphs = [para.strip("\n") for p in paths for para in re.split(r"\n\s*\n", read_corpus_file(p))]
-    units = [
-        piece + "\n\n" if k == len(pieces) - 1 else piece
-        for para in paragraphs
-        if para.strip()
-        for pieces in [_bounded(para)]
-        for k, piece in enumerate(pieces)
-    ]
+    units: list[str] = []
+    for p in paths:
+        for para in re.split(r"\n\s*\n", read_corpus_file(p)):
+            *head, last = _bounded(para.strip("\n"))
+            units += [*head, last + "\n\n"]
     units = [u for u in units if u.strip()]
     if not units:
         raise ValueError(f"the prose corpus holds no text: {list(map(str, paths))}")
