@@ -114,6 +114,10 @@ class SampleResult(msgspec.Struct, frozen=True, kw_only=True):
     answer: str
     context_tokens: int
     seconds: float
+    signal_ranks: dict[str, int | None] | None = None
+    """xl3m only: the evidence's rank over the whole stream under each arrival signal
+    (``certainty``: the measure; ``lexical``, ``dense`` when on; ``arrival``: the fused arrival
+    score the store keeps), to tell which signal found or missed it."""
 
 
 class ResultRow(msgspec.Struct, frozen=True, kw_only=True):
@@ -233,13 +237,20 @@ async def _evaluate_sample(engine: Any, sample: Sample, cfg: EvalConfig, say: Pr
     budget = engine.budget_for(question)
     results: list[SampleResult] = []
 
-    def record(method: str, answer: Any, ranking: Sequence[float] | None, seconds: float) -> None:
+    def rank_of(ranking: Sequence[float]) -> int | None:
+        order = sorted(range(len(segments)), key=lambda j: (-ranking[j], -j))
+        return evidence_rank(sample, [texts[j] for j in order])
+
+    def record(
+        method: str,
+        answer: Any,
+        ranking: Sequence[float] | None,
+        seconds: float,
+        signal_ranks: dict[str, int | None] | None = None,
+    ) -> None:
         selected = "".join(s.text for s in answer.segments)
         recall = sum(contains_evidence(sample, selected, k) for k in range(len(sample.evidence))) / len(sample.evidence)
-        rank = None
-        if ranking is not None:
-            order = sorted(range(len(segments)), key=lambda j: (-ranking[j], -j))
-            rank = evidence_rank(sample, [texts[j] for j in order])
+        rank = None if ranking is None else rank_of(ranking)
         results.append(
             SampleResult(
                 task=sample.task,
@@ -254,6 +265,7 @@ async def _evaluate_sample(engine: Any, sample: Sample, cfg: EvalConfig, say: Pr
                 answer=answer.text,
                 context_tokens=answer.context_tokens,
                 seconds=round(seconds, 3),
+                signal_ranks=signal_ranks,
             )
         )
 
@@ -269,12 +281,14 @@ async def _evaluate_sample(engine: Any, sample: Sample, cfg: EvalConfig, say: Pr
     if lm_wanted:
         await engine.set_question(scoring_question)
         by_seq: dict[int, dict[str, float]] = {}
+        arrival: dict[int, float] = {}
         events = engine.events()
 
         async def collect() -> None:
             async for event in events:
                 if isinstance(event, SegmentScored):
                     by_seq[event.seq] = event.scores
+                    arrival[event.seq] = event.score
 
         t0 = time.perf_counter()
         async with anyio.create_task_group() as tg:
@@ -287,12 +301,18 @@ async def _evaluate_sample(engine: Any, sample: Sample, cfg: EvalConfig, say: Pr
         if sorted(by_seq) != list(range(len(segments))):
             raise RuntimeError(f"the engine scored {len(by_seq)} segments; the evaluation cut {len(segments)}")
         lm_scores = {m: [by_seq[s.seq][m] for s in segments] for m in LM_MEASURES}
+        signals = {"certainty": lm_scores[engine.config.measure], "arrival": [arrival[s.seq] for s in segments]}
+        for name, key in (("lexical", "bm25"), ("dense", "dense")):
+            if all(key in by_seq[s.seq] for s in segments):
+                signals[name] = [by_seq[s.seq][key] for s in segments]
+        signal_ranks = {name: rank_of(values) for name, values in signals.items()}
         if "xl3m" in wanted:
             t1 = time.perf_counter()
             answer = await engine.ask(question if scoring_question == question else scoring_question)
             if scoring_question != question:  # read with the real question, from the engine's selection
                 answer = await engine.answer_with([segments[s.seq] for s in answer.segments if not s.local], question)
-            record("xl3m", answer, lm_scores[engine.config.measure], scoring_seconds + time.perf_counter() - t1)
+            seconds = scoring_seconds + time.perf_counter() - t1
+            record("xl3m", answer, lm_scores[engine.config.measure], seconds, signal_ranks)
         for m in LM_MEASURES:
             if f"xl3m-{m}" in wanted:
                 t1 = time.perf_counter()
