@@ -345,6 +345,43 @@ def test_sync_engine(tiny_model_dir) -> None:
         engine.ask("x")
 
 
+def test_sync_engine_offers_the_async_engines_calls(tiny_model_dir) -> None:
+    """The calls the README promises: answer_with/budget_for, events(), the read-only views."""
+    public = {n for n in dir(Engine) if not n.startswith("_")} - {"aclose", "process"}
+    assert public <= set(dir(SyncEngine)), public - set(dir(SyncEngine))  # process is the sync one
+    q = "What is the pass key?"
+    with SyncEngine(config(tiny_model_dir)) as engine:
+        with engine.events() as events:
+            n = engine.feed(TEXT[:400])
+            n += engine.flush()
+            first = events.get(timeout=5)
+            assert first is not None
+            seen = [first]
+            while (e := events.get(timeout=0.5)) is not None:
+                seen.append(e)
+            scored = [e for e in seen if isinstance(e, SegmentScored)]
+            assert len(scored) == engine.stats().segments_scored > 0
+        assert events.get(timeout=0.1) is None  # closed: nothing more
+        assert engine.stream_tokens == n and engine.model_window > 0 and engine.reader_window > 0
+        assert engine.model_name and engine.reader_name and engine.failed_segments == []
+        assert len(engine.store) == engine.stats().store_segments and engine.replicas
+        budget = engine.budget_for(q)
+        assert 0 < budget <= engine.reader_window
+        chosen = [e.segment for e in engine.store][:2]
+        answer = engine.answer_with(chosen, q)
+        assert [s.seq for s in answer.segments] == [s.seq for s in chosen]
+        assert 0 < answer.context_tokens <= engine.reader_window
+        # an iterating thread ends when the engine closes
+        live = engine.events()
+        got: list[object] = []
+        t = threading.Thread(target=lambda: got.extend(live))
+        t.start()
+        engine.feed(TEXT[400:700])
+        engine.flush()
+    t.join(10)
+    assert not t.is_alive() and any(isinstance(e, SegmentScored) for e in got)
+
+
 def test_sync_engine_started_twice_stays_usable_and_closes(tiny_model_dir, tmp_path) -> None:
     """start() then ``with engine:`` (or start() twice): one engine, usable, closed once, its state released."""
     from xl3m_stream.persistence import read_snapshot

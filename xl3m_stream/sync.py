@@ -16,12 +16,16 @@ import anyio
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from .config import EngineConfig
+from .devices import Replica
 from .engine import Answer, Engine, EngineStats
 from .errors import EngineClosedError
+from .events import Event, EventStream
 from .inference import KeyContext
 from .metrics import Metrics
 from .monitor import WatchStats
-from .persistence import RecoveryReport
+from .persistence import InputMark, RecoveryReport
+from .segment import Segment
+from .store import SegmentStore
 
 
 class LoopThread:
@@ -176,6 +180,34 @@ class SyncEngine:
     def key_context(self, question: str | None = None, **kwargs: Any) -> KeyContext:
         return self._call(self._engine.key_context, question, **kwargs)
 
+    def budget_for(self, question: str, **kwargs: Any) -> int:
+        """The key-context budget for ``question`` in the reader's tokens (see :meth:`Engine.budget_for`)."""
+        return self._call(self._engine.budget_for, question, **kwargs)
+
+    def answer_with(self, segments: Sequence[Segment], question: str, **kwargs: Any) -> Answer:
+        """Answer from segments you chose (see :meth:`Engine.answer_with`)."""
+        return self._call(self._engine.answer_with, segments, question, **kwargs)
+
+    def events(self) -> SyncEventStream:
+        """Subscribe to events from now on (see :meth:`Engine.events`):
+        ``with engine.events() as events: for event in events: ...`` or ``events.get(timeout=1)``."""
+        return SyncEventStream(self._call(self._engine.events), self._loop)
+
+    def explained(self) -> None:
+        """Wait until every alert waiting for its explanation has been emitted."""
+        self._call(self._engine.explained)
+
+    def mark_input(self, source: str, taken: int, **kwargs: Any) -> InputMark:
+        """Record how far an input was taken (see :meth:`Engine.mark_input`)."""
+        return self._call(self._engine.mark_input, source, taken, **kwargs)
+
+    def input_resume(self, source: str) -> tuple[InputMark | None, int]:
+        return self._call(self._engine.input_resume, source)
+
+    def reader_tokens(self, text: str) -> int:
+        """How many of the reader's tokens ``text`` takes (the unit of the budget)."""
+        return self._call(self._engine.reader_tokens, text)
+
     def checkpoint(self) -> None:
         """Write a snapshot to the state directory now (see :meth:`Engine.checkpoint`)."""
         self._call(self._engine.checkpoint)
@@ -188,6 +220,53 @@ class SyncEngine:
     def recovery(self) -> RecoveryReport | None:
         """What starting on the state directory restored (see :attr:`Engine.recovery`)."""
         return self._engine.recovery
+
+    # read-only views, read on the engine's loop (the engine changes them there)
+    @property
+    def store(self) -> SegmentStore:
+        """The candidate store (read it; do not modify it)."""
+        return self._call(lambda: self._engine.store)
+
+    @property
+    def replicas(self) -> list[Replica]:
+        return self._call(lambda: self._engine.replicas)
+
+    @property
+    def tokenizer(self) -> Any:
+        """The scoring model's tokenizer."""
+        return self._engine.tokenizer
+
+    @property
+    def failed_segments(self) -> list[Segment]:
+        return self._call(lambda: self._engine.failed_segments)
+
+    @property
+    def stream_tokens(self) -> int:
+        return self._call(lambda: self._engine.stream_tokens)
+
+    @property
+    def input_mark(self) -> InputMark | None:
+        return self._call(lambda: self._engine.input_mark)
+
+    @property
+    def chars_taken(self) -> int:
+        return self._call(lambda: self._engine.chars_taken)
+
+    @property
+    def reader_window(self) -> int:
+        return self._call(lambda: self._engine.reader_window)
+
+    @property
+    def reader_name(self) -> str:
+        return self._call(lambda: self._engine.reader_name)
+
+    @property
+    def model_window(self) -> int:
+        return self._call(lambda: self._engine.model_window)
+
+    @property
+    def model_name(self) -> str:
+        return self._call(lambda: self._engine.model_name)
 
     def stats(self) -> EngineStats:
         return self._call(self._engine.stats)
@@ -204,3 +283,61 @@ class SyncEngine:
 
     def watches(self) -> list[WatchStats]:
         return self._call(self._engine.watches)
+
+
+_END = object()
+
+
+class SyncEventStream:
+    """:class:`~xl3m_stream.events.EventStream` for synchronous code: iterate it (each step
+    waits for the next event; it ends when the stream is closed) or :meth:`get` with a timeout.
+    Close it (or leave ``with``) to stop receiving; the engine's close ends it too."""
+
+    def __init__(self, stream: EventStream, loop: LoopThread) -> None:
+        self._stream = stream
+        self._loop = loop
+
+    def get(self, timeout: float | None = None) -> Event | None:
+        """The next event; None when ``timeout`` seconds pass first or the stream has ended."""
+        stream = self._stream
+
+        async def next_event() -> object:
+            with anyio.move_on_after(timeout):
+                try:
+                    return await stream.__anext__()
+                except StopAsyncIteration:
+                    return _END
+            return None
+
+        got = self._loop.call(next_event)
+        return None if got is _END else got  # type: ignore[return-value]
+
+    def __iter__(self) -> Iterator[Event]:
+        stream = self._stream
+
+        async def next_event() -> object:
+            try:
+                return await stream.__anext__()
+            except StopAsyncIteration:
+                return _END
+
+        while True:
+            try:
+                got = self._loop.call(next_event)
+            except EngineClosedError:
+                return  # the engine closed: no more events can come
+            if got is _END:
+                return
+            yield got  # type: ignore[misc]
+
+    def close(self) -> None:
+        try:
+            self._loop.call(self._stream.close)
+        except EngineClosedError:
+            self._stream.close()  # the loop is gone; nothing runs there any more
+
+    def __enter__(self) -> SyncEventStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
