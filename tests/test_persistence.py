@@ -644,10 +644,12 @@ async def test_rescan_scores_the_whole_kept_stream(tiny_model_dir, tmp_path: Pat
     async with Engine(config(tiny_model_dir, state, question=None, store_segments=3)) as engine:
         await engine.process([TEXT, "The pass key is 12345.\n"])
         kept = read_stream(state).segments
-        assert len(kept) > 3 and len(engine.store) == 3
+        store = engine.store  # a reference taken before the re-scan stays the engine's store
+        assert len(kept) > 3 and len(store) == 3
         scanned = await engine.rescan("What is the pass key?")
         assert scanned == len(kept)
-        assert len(engine.store) == 3 and len({e.question_id for e in engine.store}) == 1
+        assert engine.store is store
+        assert len(store) == 3 and len({e.question_id for e in store}) == 1
         assert {e.segment.seq for e in engine.store} <= {s.seq for s in kept}
         assert (await engine.ask("What is the pass key?")).rescored == 0  # already scored against it
     async with Engine(config(tiny_model_dir, state).replace(state_dir=None)) as engine:

@@ -400,6 +400,18 @@ def test_snapshot_round_trip(codec) -> None:
     assert restored != SegmentStore(4, max_tokens=21)
 
 
+def test_take_over_becomes_the_other_store_in_place() -> None:
+    store = SegmentStore(2)
+    store.offer(seg(0, 3), 9.0)
+    other = full_store()
+    expected = other.snapshot()
+    store.take_over(other)
+    assert store.snapshot() == expected and store.tokens == 15 and len(store) == 3
+    assert len(other) == 0 and other.tokens == 0  # the two share nothing afterwards
+    store.offer(seg(9, 6), 5.0)  # the taken-over bounds hold: 4 segments, 20 tokens
+    assert len(store) <= 4 and store.tokens <= 20 and 9 in store
+
+
 def test_from_snapshot_accepts_any_entry_order() -> None:
     snap = full_store().snapshot()
     shuffled = msgspec.structs.replace(snap, entries=snap.entries[::-1])

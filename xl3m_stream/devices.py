@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from . import catalog
@@ -37,8 +37,6 @@ class Replica:
     inflight: int = 0
     batches: int = 0
     failures: int = 0
-    healthy: bool = True
-    info: dict[str, Any] = field(default_factory=dict)
 
 
 def expand_devices(devices: Sequence[str]) -> list[str]:
@@ -115,8 +113,9 @@ class DevicePool:
         return cls([_replica(i, m, m, config) for i, m in enumerate(models)])
 
     def pick(self, exclude: Sequence[int] = ()) -> Replica | None:
-        """The healthy replica with the least work in flight (ties: lowest index), or None."""
-        candidates = [r for r in self.replicas if r.healthy and r.index not in exclude]
+        """The replica with the least work in flight (ties: lowest index) that is not excluded
+        (the caller's failed ones), or None."""
+        candidates = [r for r in self.replicas if r.index not in exclude]
         if not candidates:
             return None
         return min(candidates, key=lambda r: (r.inflight, r.index))

@@ -1,4 +1,8 @@
-"""The async streaming engine: the only module that knows about concurrency.
+"""The async streaming engine: the stages below, run as tasks of one task group.
+
+Concurrency lives here and in the thin bridges around it (workers.py: the device threads;
+sync.py: the blocking portal); the cores it drives (segmenter, scoring, store, monitor,
+relevance) are synchronous and know nothing of the event loop.
 
 Data moves one way through named stages::
 
@@ -667,9 +671,7 @@ class Engine:
             for row, text in zip(extra, texts):
                 row["bm25"] = self._lexical.score(terms, term_counts(text))
         if self._embedders is not None:
-            vectors = await self._embed(texts)
-            for seg, vector in zip(segments, vectors):
-                self._vectors[seg.seq] = vector
+            vectors = await self._passage_vectors(segments, texts)
             sims = passage_similarity(await self._question_vector(question), vectors)
             for row, sim in zip(extra, sims):
                 row["dense"] = sim
@@ -706,6 +708,20 @@ class Engine:
             self._question_vectors.move_to_end(question)
         return vector
 
+    async def _passage_vectors(self, segments: list[Segment], texts: list[str]) -> list[Any]:
+        """Each segment's passage embeddings, embedding only those not kept yet. Cut segments'
+        are kept (until :meth:`_prune_vectors`); the provisional tail's are not: its seq is
+        the next segment's, which will hold more tokens."""
+        fresh: dict[int, Any] = {}
+        missing = [i for i, seg in enumerate(segments) if seg.seq not in self._vectors]
+        if missing:
+            for i, vector in zip(missing, await self._embed([texts[i] for i in missing])):
+                seq = segments[i].seq
+                fresh[seq] = vector
+                if seq < self._segmenter.next_seq:
+                    self._vectors[seq] = vector
+        return [self._vectors.get(seg.seq, fresh.get(seg.seq)) for seg in segments]
+
     def _prune_vectors(self) -> None:
         """Keep embeddings only for segments the store holds (bounded with the store)."""
         if len(self._vectors) > 2 * len(self._store) + 64:
@@ -721,13 +737,7 @@ class Engine:
             terms = words(question)
             lists.append([self._lexical.score(terms, term_counts(t)) for t in texts])
         if self._embedders is not None:
-            missing = [i for i, e in enumerate(candidates) if e.segment.seq not in self._vectors]
-            fresh = await self._embed([texts[i] for i in missing]) if missing else []
-            vectors = {candidates[i].segment.seq: v for i, v in zip(missing, fresh)}
-            for seq, v in vectors.items():
-                if seq in self._store:
-                    self._vectors[seq] = v
-            rows = [self._vectors.get(e.segment.seq, vectors.get(e.segment.seq)) for e in candidates]
+            rows = await self._passage_vectors([e.segment for e in candidates], texts)
             lists.append(passage_similarity(await self._question_vector(question), rows))
         fused = interleaved_rank_fusion(lists)
         return [msgspec.structs.replace(e, score=f) for e, f in zip(candidates, fused)]
@@ -1182,11 +1192,7 @@ class Engine:
         dense = [wid for wid in watched if wid in self._monitor and self._monitor.get(wid).measure == "dense"]
         if not dense or self._embedders is None or texts is None:
             return
-        missing = [i for i, seg in enumerate(segments) if seg.seq not in self._vectors]
-        if missing:
-            for i, v in zip(missing, await self._embed([texts[i] for i in missing])):
-                self._vectors[segments[i].seq] = v
-        rows = [self._vectors[seg.seq] for seg in segments]
+        rows = await self._passage_vectors(segments, texts)
         for wid in dense:
             q = await self._question_vector(self._monitor.get(wid).question)
             for row, sim in zip(watched[wid], passage_similarity(q, rows)):
@@ -1366,7 +1372,7 @@ class Engine:
         store.resize(cfg.store_segments, cfg.store_tokens)  # the bounds may have changed
         if stale and len(store):  # scored by another model: re-scored at the next ask
             store.rescore({e.segment.seq: e.score for e in store}, question_id=0)
-        self._store = store
+        self._store.take_over(store)
         for p in snap.unscored:  # cut but not scored before the stop: scored now
             pending = _Pending(p.segment, tuple(p.question) if p.question is not None else None)
             self._pending.append(pending)
@@ -1636,7 +1642,7 @@ class Engine:
         for entry in self._store:  # cut after the re-scan began: kept with their own scores
             if entry.segment.seq >= horizon:
                 fresh.offer(entry.segment, entry.score, question_id=entry.question_id, scores=entry.scores)
-        self._store = fresh
+        self._store.take_over(fresh)
         return scanned
 
     # ------------------------------------------------------------------ events and stats

@@ -15,8 +15,9 @@ Every operation is deterministic: the same operations in the same order give the
 state. The state round-trips through :class:`StoreSnapshot`, a msgspec Struct that
 encodes with ``msgspec.json`` or ``msgspec.msgpack`` (never pickle).
 
-The store is plain synchronous code and is not thread-safe; the engine owns one store
-per question and mutates it from one task at a time.
+The store is plain synchronous code and is not thread-safe; the engine owns one store for
+the whole stream (each entry says which question its score was taken against) and mutates
+it from one task at a time.
 """
 
 from __future__ import annotations
@@ -378,6 +379,14 @@ class SegmentStore:
         self._by_seq.clear()
         self._ranked.clear()
         self._tokens = 0
+
+    def take_over(self, other: SegmentStore) -> None:
+        """Become ``other`` (its bounds and entries) in place, so references to this store stay
+        current (the engine's rescan and restore build a new store, then this one takes it over).
+        ``other`` must not be used afterwards."""
+        self._max_segments, self._max_tokens = other._max_segments, other._max_tokens
+        self._by_seq, self._ranked, self._tokens = other._by_seq, other._ranked, other._tokens
+        other._by_seq, other._ranked, other._tokens = SortedDict(), SortedList(), 0
 
     # --- state ------------------------------------------------------------------------
 
