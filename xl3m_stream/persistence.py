@@ -118,6 +118,11 @@ class Layout(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     tokenizer_sha256: str
     """Fingerprint of the tokenizer's vocabulary: token ids mean nothing under another one."""
 
+    def segmenter(self) -> Segmenter:
+        """A fresh segmenter that cuts as the logged stream was cut (no tokenizer needed)."""
+        boundary = frozenset(self.boundary_ids) if self.boundary_ids is not None else None
+        return Segmenter(self.segment_tokens, overlap=self.segment_overlap, boundary_ids=boundary)
+
     @property
     def id_bytes(self) -> int:
         """Bytes per token id in the log (little-endian unsigned)."""
@@ -716,11 +721,7 @@ def _load_snapshot(path: Path, layout: Layout, stream: str, log_path: Path, log_
 
 def _check_snapshot(snap: EngineSnapshot, lay: Layout) -> None:
     """Consistency and range checks of a decoded snapshot (ValueError says what is wrong)."""
-    seg = Segmenter(
-        lay.segment_tokens,
-        overlap=lay.segment_overlap,
-        boundary_ids=frozenset(lay.boundary_ids) if lay.boundary_ids is not None else None,
-    )
+    seg = lay.segmenter()
     seg.restore(snap.segmenter)
     if seg.position != snap.position:
         raise ValueError(f"segmenter at token {seg.position}, snapshot at {snap.position}")
@@ -1198,11 +1199,7 @@ class LogReader:
             raise StateError(f"state dir {path} holds no state")
         self.folder = check_state_dir(path)
         self.layout = lay = meta.layout
-        self._segmenter = Segmenter(
-            lay.segment_tokens,
-            overlap=lay.segment_overlap,
-            boundary_ids=frozenset(lay.boundary_ids) if lay.boundary_ids is not None else None,
-        )
+        self._segmenter = lay.segmenter()
         self._index = MetaIndex()
         self._upto = upto_records
         self.ids: list[int] | None = [] if keep_ids else None

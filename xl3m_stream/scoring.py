@@ -31,7 +31,8 @@ from typing import Any
 
 import torch
 
-MEASURES = ("entropy", "nll", "gain", "tgain")
+from .config import MEASURES
+
 SEPARATOR = "\n\n"
 """Text between a segment and the question in a scoring row (and in the reader's prompt)."""
 

@@ -24,7 +24,7 @@ from typing import Any
 import anyio
 import msgspec
 
-from ..config import EngineConfig
+from ..config import MEASURES, EngineConfig
 from ..errors import InputError
 from ..segment import Segment
 from ..segmenter import Segmenter
@@ -42,7 +42,7 @@ from .metrics import contains_evidence, evidence_rank, score_answer
 from .realtext import corpus_identity, default_corpus
 from .tasks import REAL_TASKS, TASKS, Sample, make_sample
 
-LM_MEASURES = ("entropy", "nll", "gain", "tgain")
+LM_MEASURES = MEASURES
 METHODS = (
     "xl3m",
     "xl3m-entropy",
@@ -211,12 +211,7 @@ def stream_ids(tokenizer: Any, text: str) -> list[int]:
 
 def cut_ids(tokenizer: Any, ids: list[int], config: EngineConfig) -> list[Segment]:
     """The segments the engine cuts from the token ids ``ids``."""
-    boundary = None
-    if config.segment_cut == "lines":
-        from ..segmenter import newline_token_ids
-
-        boundary = newline_token_ids(tokenizer)
-    seg = Segmenter(config.segment_tokens, overlap=config.segment_overlap, boundary_ids=boundary)
+    seg = Segmenter.for_config(config, tokenizer)
     return seg.push(ids) + seg.flush()
 
 
