@@ -33,5 +33,7 @@ async def test_xl3m_results_carry_each_signals_evidence_rank(tiny_model_dir: Pat
     assert all(s.signal_ranks is None for s in bm25)  # baselines have one ranking: evidence_rank
     # the passkey sentence shares the question's words, so BM25 finds it first, running or not
     assert [s.signal_ranks["lexical"] for s in xl3m if s.signal_ranks] == [s.evidence_rank for s in bm25] == [1, 1]
+    # "x window" counts the scorer's window; the reader's is reported beside it
+    assert report.window == 1024 and report.reader_window > 0
     rows = {(r.method, r.samples) for r in report.results}
     assert rows == {("xl3m", 2), ("bm25", 2)}

@@ -44,12 +44,42 @@ def test_aggregate_means_per_method_in_method_order() -> None:
     xl3m = rows[0]
     assert (xl3m.accuracy, xl3m.selection_recall, xl3m.samples, xl3m.seconds) == (0.5, 1.0, 2, 4.0)
     assert xl3m.median_evidence_rank == 1
+    # answers apart from selection: both xl3m samples selected the evidence, one was answered
+    assert (xl3m.selected, xl3m.accuracy_when_selected) == (2, 0.5)
+    truncate = rows[1]
+    assert (truncate.selected, truncate.accuracy_when_selected) == (0, None)
+
+
+def test_merged_reports_aggregate_their_samples_together_and_refuse_overlap() -> None:
+    from xl3m_stream.evaluate.report import merge_reports
+
+    def report(samples: list[SampleResult], seed: int) -> Report:
+        return Report(
+            model="tiny",
+            window=8192,
+            machine="m",
+            config={"seed": seed, "engine": {"model": "tiny"}},
+            results=aggregate(samples),
+            samples=samples,
+            seconds=1.0,
+        )
+
+    later = [msgspec.structs.replace(s, seed=7) for s in SAMPLES]
+    merged = merge_reports([report(SAMPLES, 0), report(later, 7)])
+    assert merged.results == aggregate([*SAMPLES, *later]) and merged.seconds == 2.0
+    assert merged.config["seed"] == [0, 7] and len(merged.samples) == 12
+    with pytest.raises(ValueError, match="share samples"):
+        merge_reports([report(SAMPLES, 0), report(SAMPLES, 0)])
+    other = report(later, 7)
+    other.config = {"seed": 7, "engine": {"model": "bigger"}}
+    with pytest.raises(ValueError, match="different models or engine settings"):
+        merge_reports([report(SAMPLES, 0), other])
 
 
 def test_table_and_losses_name_where_xl3m_is_beaten() -> None:
     rows = aggregate(SAMPLES)
     table = markdown_table(rows, window=8192)
-    assert "| needle | 16,384 | 2.0 | xl3m | 0.50 | 1.00 | 1 | 2 | 4.0 |" in table
+    assert "| needle | 16,384 | 2.0 | xl3m | 0.50 | 1.00 | 0.50 of 2 | 1 | 2 | 4.0 |" in table
     lost = losses(rows)
     assert len(lost) == 1 and lost[0].startswith("needle @ 16,384: bm25 1.00 acc")
     assert losses(aggregate([s for s in SAMPLES if s.method != "bm25"])) == []

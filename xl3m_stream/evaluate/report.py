@@ -8,24 +8,56 @@ from pathlib import Path
 
 import msgspec
 
-from .runner import Report, ResultRow, SampleResult
+from .runner import Report, ResultRow, SampleResult, aggregate
 
 
 def markdown_table(rows: Sequence[ResultRow], window: int | None = None) -> str:
     """One line per task x length x method: accuracy, selection recall, evidence rank, time."""
     head = (
-        "| task | length | x window | method | accuracy | selection recall | median evidence rank | samples | seconds |"
+        "| task | length | x window | method | accuracy | selection recall | accuracy when selected "
+        "| median evidence rank | samples | seconds |"
     )
-    lines = [head, "|---|---:|---:|---|---:|---:|---:|---:|---:|"]
+    lines = [head, "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         ratio = f"{r.length / window:.1f}" if window else ""
         recall = "" if r.selection_recall is None else f"{r.selection_recall:.2f}"
+        when = "" if r.accuracy_when_selected is None else f"{r.accuracy_when_selected:.2f} of {r.selected}"
         rank = "" if r.median_evidence_rank is None else f"{r.median_evidence_rank:g}"
         lines.append(
-            f"| {r.task} | {r.length:,} | {ratio} | {r.method} | {r.accuracy:.2f} | {recall} | {rank} | "
+            f"| {r.task} | {r.length:,} | {ratio} | {r.method} | {r.accuracy:.2f} | {recall} | {when} | {rank} | "
             f"{r.samples} | {r.seconds:.1f} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def merge_reports(reports: Sequence[Report]) -> Report:
+    """One report from runs of the same evaluation split over seeds (or machines): their samples
+    together, aggregated again. The runs must share model, reader and engine settings; two runs
+    with the same sample (task, length, method, seed, depth) are refused, not double-counted."""
+    if not reports:
+        raise ValueError("nothing to merge")
+    first = reports[0]
+    for r in reports[1:]:
+        if (r.model, r.reader, r.config.get("engine")) != (first.model, first.reader, first.config.get("engine")):
+            raise ValueError("these reports used different models or engine settings: they do not merge")
+    samples = [s for r in reports for s in r.samples]
+    keys = [(s.task, s.length, s.method, s.seed, s.depth) for s in samples]
+    if len(set(keys)) != len(keys):
+        raise ValueError("the reports share samples (the same task, length, method, seed and depth)")
+    config = {**first.config, "seed": sorted({r.config.get("seed") for r in reports})}
+    machines = sorted({r.machine for r in reports})
+    return Report(
+        model=first.model,
+        window=first.window,
+        machine="; ".join(machines),
+        config=config,
+        results=aggregate(samples),
+        samples=samples,
+        seconds=sum(r.seconds for r in reports),
+        reader=first.reader,
+        reader_window=first.reader_window,
+        corpora={k: v for r in reports for k, v in r.corpora.items()},
+    )
 
 
 def losses(rows: Sequence[ResultRow], method: str = "xl3m") -> list[str]:
@@ -108,7 +140,9 @@ def write_report(report: Report, directory: str | Path) -> list[Path]:
     paths = [out / "results.json", out / "results.md"]
     paths[0].write_bytes(msgspec.json.format(msgspec.json.encode(report), indent=2))
     md = [
-        f"# Evaluation: {report.model} (window {report.window:,} tokens)\n",
+        f"# Evaluation: {report.model} (window {report.window:,} tokens)"
+        + (f", read by {report.reader} (window {report.reader_window:,})" if report.reader else "")
+        + "\n",
         f"Machine: {report.machine}. Wall time: {report.seconds:.0f} s.\n",
         markdown_table(report.results, report.window),
     ]

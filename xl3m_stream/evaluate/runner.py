@@ -131,17 +131,23 @@ class ResultRow(msgspec.Struct, frozen=True, kw_only=True):
     median_evidence_rank: float | None
     samples: int
     seconds: float
+    selected: int | None = None
+    """Samples whose whole evidence was in the key context (None: the method has no selection)."""
+    accuracy_when_selected: float | None = None
+    """Mean accuracy over those samples: the reader's share, apart from selection."""
 
 
 class Report(msgspec.Struct, kw_only=True):
     model: str
     window: int
+    """The scoring model's context window (what "x window" counts; before 2026-12-03 the reader's)."""
     machine: str
     config: dict[str, Any]
     results: list[ResultRow]
     samples: list[SampleResult]
     seconds: float
     reader: str = ""
+    reader_window: int = 0
     corpora: dict[str, Any] = {}
     """For each real-text task: the corpus files and the SHA-256 of their text."""
 
@@ -157,7 +163,7 @@ async def run_eval(cfg: EvalConfig, *, progress: ProgressFn | None = None) -> Re
     started = time.perf_counter()
     out: list[SampleResult] = []
     engine_cfg = cfg.engine.replace(store_segments=max(cfg.engine.store_segments, 1))
-    model_name, window, reader = "", 0, ""
+    model_name, window, reader, reader_window = "", 0, "", 0
     corpora = {task: corpus_identity(_corpus(task, cfg)) for task in cfg.tasks if task in REAL_TASKS}
     for task in cfg.tasks:
         for length in cfg.lengths:
@@ -165,7 +171,8 @@ async def run_eval(cfg: EvalConfig, *, progress: ProgressFn | None = None) -> Re
                 seed = cfg.seed * 1_000_003 + i
                 depth = cfg.depths[i % len(cfg.depths)] if cfg.depths else None
                 async with Engine(engine_cfg) as engine:
-                    model_name, window, reader = engine.model_name, engine.reader_window, engine.reader_name
+                    model_name, window = engine.model_name, engine.model_window
+                    reader, reader_window = engine.reader_name, engine.reader_window
                     sample = _sample(engine, task, length, seed, depth, cfg)
                     say(f"{task} {length:,} tokens, sample {i + 1}/{cfg.samples} (depth {sample.depth:.2f})")
                     out.extend(await _evaluate_sample(engine, sample, cfg, say))
@@ -179,6 +186,7 @@ async def run_eval(cfg: EvalConfig, *, progress: ProgressFn | None = None) -> Re
         samples=out,
         seconds=time.perf_counter() - started,
         reader=reader,
+        reader_window=reader_window,
         corpora=corpora,
     )
 
@@ -358,6 +366,7 @@ def aggregate(samples: Sequence[SampleResult]) -> list[ResultRow]:
     for (task, length, method), group in groups.items():
         recalls = [g.selection_recall for g in group if g.selection_recall is not None]
         ranks = [g.evidence_rank for g in group if g.evidence_rank is not None]
+        chosen = [g for g in group if g.selection_recall == 1.0]
         rows.append(
             ResultRow(
                 task=task,
@@ -368,6 +377,8 @@ def aggregate(samples: Sequence[SampleResult]) -> list[ResultRow]:
                 median_evidence_rank=statistics.median(ranks) if ranks else None,
                 samples=len(group),
                 seconds=round(sum(g.seconds for g in group), 3),
+                selected=len(chosen) if recalls else None,
+                accuracy_when_selected=round(statistics.fmean(g.accuracy for g in chosen), 4) if chosen else None,
             )
         )
     order = {m: i for i, m in enumerate(METHODS)}
