@@ -815,34 +815,46 @@ class Engine:
         _check_max_new_tokens(max_new_tokens)
         started = time.perf_counter()
         ctx, prompt, timing = await self._select(question, rescore, started, max_new_tokens)
-        question = ctx.question
+        answer = await self._read(ctx, prompt, max_new_tokens, started, **timing)
+        self._counters["asks"] += 1
+        self._emit(
+            Answered(
+                time=time.time(),
+                question=ctx.question,
+                seconds=answer.timings.total_s,
+                segments=[s.seq for s in ctx.segments if not s.local],
+            )
+        )
+        return answer
+
+    async def _read(
+        self,
+        ctx: KeyContext,
+        prompt: list[int],
+        max_new_tokens: int | None,
+        started: float,
+        *,
+        rescored: int = 0,
+        wait_s: float = 0.0,
+        rescore_s: float = 0.0,
+    ) -> Answer:
+        """Generate the answer to ``prompt`` and time it: the one place ask and answer_with read."""
         pieces: list[str] = []
         first: float | None = None
-        async for piece in self._generate(prompt, max_new_tokens, question):
-            if first is None:
-                first = time.perf_counter() - started
+        async for piece in self._generate(prompt, max_new_tokens, ctx.question):
+            first = first if first is not None else time.perf_counter() - started
             pieces.append(piece)
         total = time.perf_counter() - started
-        self._counters["asks"] += 1
-        answer = Answer(
+        return Answer(
             text="".join(pieces),
             question=ctx.question,
             segments=ctx.segments,
             context_tokens=ctx.tokens,
             stream_tokens=ctx.stream_tokens,
-            rescored=timing["rescored"],
-            timings=Timings(wait_s=timing["wait_s"], rescore_s=timing["rescore_s"], first_token_s=first, total_s=total),
+            rescored=rescored,
+            timings=Timings(wait_s=wait_s, rescore_s=rescore_s, first_token_s=first, total_s=total),
             model=self._pool.first.reader_model.name if self._pool else "",
         )
-        self._emit(
-            Answered(
-                time=time.time(),
-                question=ctx.question,
-                seconds=total,
-                segments=[s.seq for s in ctx.segments if not s.local],
-            )
-        )
-        return answer
 
     async def ask_stream(
         self, question: str | None = None, *, rescore: str | None = None, max_new_tokens: int | None = None
@@ -1034,23 +1046,7 @@ class Engine:
                 f"the chosen segments take {content} of the reader's tokens ({ctx.tokens} with gap markers); "
                 f"the budget is {budget}, the reader's window leaves {room}"
             )
-        prompt = reader.prompt(ctx.text, question)
-        pieces: list[str] = []
-        first: float | None = None
-        async for piece in self._generate(prompt, max_new_tokens, question):
-            first = first if first is not None else time.perf_counter() - started
-            pieces.append(piece)
-        total = time.perf_counter() - started
-        return Answer(
-            text="".join(pieces),
-            question=question,
-            segments=ctx.segments,
-            context_tokens=ctx.tokens,
-            stream_tokens=self._position,
-            rescored=0,
-            timings=Timings(wait_s=0.0, rescore_s=0.0, first_token_s=first, total_s=total),
-            model=self._pool.first.reader_model.name,
-        )
+        return await self._read(ctx, reader.prompt(ctx.text, question), max_new_tokens, started)
 
     def _itok_pending_ids(self) -> list[int]:
         return self._itok.pending_ids()
