@@ -155,6 +155,12 @@ class EngineStats(msgspec.Struct, frozen=True, kw_only=True):
     asks: int
     errors: int
 
+    @classmethod
+    def of(cls, metrics: Metrics) -> EngineStats:
+        """The stats in ``metrics`` (``pending_segments`` is its ``queue_depth``)."""
+        names = {f.name for f in msgspec.structs.fields(cls)} - {"pending_segments"}
+        return cls(pending_segments=metrics.queue_depth, **{n: getattr(metrics, n) for n in names})
+
 
 @dataclass
 class _Pending:
@@ -1665,22 +1671,8 @@ class Engine:
             sub.put(event)
 
     def stats(self) -> EngineStats:
-        c = self._counters
-        return EngineStats(
-            tokens_in=self._position,
-            segments_cut=c["segments_cut"],
-            segments_scored=c["segments_scored"],
-            segments_failed=c["segments_failed"],
-            batches=c["batches"],
-            pending_segments=len(self._pending),
-            inflight_batches=self._inflight,
-            store_segments=len(self._store),
-            store_tokens=self._store.tokens,
-            scoring_seconds=self._scoring_seconds,
-            scored_tokens=c["scored_tokens"],
-            asks=c["asks"],
-            errors=c["errors"],
-        )
+        """The main counters: a subset of :meth:`metrics`, built from it."""
+        return EngineStats.of(self.metrics())
 
     @property
     def store(self) -> SegmentStore:
