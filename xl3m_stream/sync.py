@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar, overload
 
 import anyio
 from anyio.from_thread import BlockingPortal, start_blocking_portal
@@ -89,6 +89,31 @@ class LoopThread:
 
     def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         return self.portal.call(lambda: fn(*args, **kwargs))
+
+
+T = TypeVar("T")
+
+
+class _View(Generic[T]):
+    """A read-only attribute of :class:`SyncEngine`: the engine's attribute of the same name,
+    read on the engine's event loop."""
+
+    def __init__(self, doc: str) -> None:
+        self.__doc__ = doc
+        self._name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._name = name
+
+    @overload
+    def __get__(self, obj: None, objtype: type | None = None) -> _View[T]: ...
+    @overload
+    def __get__(self, obj: SyncEngine, objtype: type | None = None) -> T: ...
+    def __get__(self, obj: SyncEngine | None, objtype: type | None = None) -> T | _View[T]:
+        if obj is None:
+            return self
+        engine, name = obj.engine, self._name
+        return obj._call(lambda: getattr(engine, name))  # type: ignore[no-any-return]
 
 
 class SyncEngine:
@@ -221,52 +246,22 @@ class SyncEngine:
         """What starting on the state directory restored (see :attr:`Engine.recovery`)."""
         return self._engine.recovery
 
-    # read-only views, read on the engine's loop (the engine changes them there)
-    @property
-    def store(self) -> SegmentStore:
-        """The candidate store (read it; do not modify it)."""
-        return self._call(lambda: self._engine.store)
-
-    @property
-    def replicas(self) -> list[Replica]:
-        return self._call(lambda: self._engine.replicas)
+    # read-only views of the engine, read on its loop (the engine changes them there)
+    store: _View[SegmentStore] = _View("The candidate store (read it; do not modify it).")
+    replicas: _View[list[Replica]] = _View("The model replicas, one per device.")
+    failed_segments: _View[list[Segment]] = _View("Segments whose scoring failed on every replica.")
+    stream_tokens: _View[int] = _View("Tokens taken into the stream so far.")
+    input_mark: _View[InputMark | None] = _View("The last input mark logged or restored.")
+    chars_taken: _View[int] = _View("Characters of text taken in so far.")
+    reader_window: _View[int] = _View("The reader's context window in tokens.")
+    reader_name: _View[str] = _View("Name of the model that writes the answers.")
+    model_window: _View[int] = _View("The scoring model's context window in tokens.")
+    model_name: _View[str] = _View("Name of the scoring model.")
 
     @property
     def tokenizer(self) -> Any:
         """The scoring model's tokenizer."""
         return self._engine.tokenizer
-
-    @property
-    def failed_segments(self) -> list[Segment]:
-        return self._call(lambda: self._engine.failed_segments)
-
-    @property
-    def stream_tokens(self) -> int:
-        return self._call(lambda: self._engine.stream_tokens)
-
-    @property
-    def input_mark(self) -> InputMark | None:
-        return self._call(lambda: self._engine.input_mark)
-
-    @property
-    def chars_taken(self) -> int:
-        return self._call(lambda: self._engine.chars_taken)
-
-    @property
-    def reader_window(self) -> int:
-        return self._call(lambda: self._engine.reader_window)
-
-    @property
-    def reader_name(self) -> str:
-        return self._call(lambda: self._engine.reader_name)
-
-    @property
-    def model_window(self) -> int:
-        return self._call(lambda: self._engine.model_window)
-
-    @property
-    def model_name(self) -> str:
-        return self._call(lambda: self._engine.model_name)
 
     def stats(self) -> EngineStats:
         return self._call(self._engine.stats)
@@ -297,8 +292,8 @@ class SyncEventStream:
         self._stream = stream
         self._loop = loop
 
-    def get(self, timeout: float | None = None) -> Event | None:
-        """The next event; None when ``timeout`` seconds pass first or the stream has ended."""
+    def _next(self, timeout: float | None) -> object:
+        """The next event, ``_END`` once the stream has ended, None when ``timeout`` passes."""
         stream = self._stream
 
         async def next_event() -> object:
@@ -309,21 +304,17 @@ class SyncEventStream:
                     return _END
             return None
 
-        got = self._loop.call(next_event)
+        return self._loop.call(next_event)
+
+    def get(self, timeout: float | None = None) -> Event | None:
+        """The next event; None when ``timeout`` seconds pass first or the stream has ended."""
+        got = self._next(timeout)
         return None if got is _END else got  # type: ignore[return-value]
 
     def __iter__(self) -> Iterator[Event]:
-        stream = self._stream
-
-        async def next_event() -> object:
-            try:
-                return await stream.__anext__()
-            except StopAsyncIteration:
-                return _END
-
         while True:
             try:
-                got = self._loop.call(next_event)
+                got = self._next(None)
             except EngineClosedError:
                 return  # the engine closed: no more events can come
             if got is _END:
