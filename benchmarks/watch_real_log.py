@@ -63,9 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         first, last = a["meta"]["line_start"], a["meta"]["line_end"]
         hit = first <= error_line <= last
         hits += hit
-        print(
-            f"lines {first}-{last}: {a['measure']} {a['score']:.3f} (threshold {a['threshold']:.3f}) {'HIT' if hit else ''}"
-        )
+        mark = "HIT" if hit else ""
+        print(f"lines {first}-{last}: {a['measure']} {a['score']:.3f} (threshold {a['threshold']:.3f}) {mark}")
     figures = {
         "question": args.question,
         "options": args.extra,
