@@ -36,12 +36,15 @@ import math
 from bisect import bisect_left, bisect_right
 from collections import deque
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from .segment import Segment, merge_meta
 from .tokenizer import backend_tokenizer
+
+if TYPE_CHECKING:
+    from .config import EngineConfig
 
 __all__ = ["MetaIndex", "MetaIndexState", "Segmenter", "SegmenterState", "newline_token_ids"]
 
@@ -91,7 +94,7 @@ class Segmenter:
     """
 
     @classmethod
-    def for_config(cls, config: Any, tokenizer: object) -> Segmenter:
+    def for_config(cls, config: EngineConfig, tokenizer: object) -> Segmenter:
         """The segmenter an engine with ``config`` (an :class:`~xl3m_stream.EngineConfig`) cuts
         its stream with: the one place the engine and the evaluation build it from settings."""
         boundary = newline_token_ids(tokenizer) if config.segment_cut == "lines" else None

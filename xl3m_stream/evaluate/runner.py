@@ -42,7 +42,6 @@ from .metrics import contains_evidence, evidence_rank, score_answer
 from .realtext import corpus_identity, default_corpus
 from .tasks import REAL_TASKS, TASKS, Sample, make_sample
 
-LM_MEASURES = MEASURES
 METHODS = (
     "xl3m",
     "xl3m-entropy",
@@ -278,7 +277,7 @@ async def _evaluate_sample(engine: Any, sample: Sample, cfg: EvalConfig, say: Pr
         return await engine.answer_with(chosen, question, scores=scores)
 
     wanted = set(cfg.methods)
-    lm_wanted = wanted & ({"xl3m", "hybrid"} | {f"xl3m-{m}" for m in LM_MEASURES})
+    lm_wanted = wanted & ({"xl3m", "hybrid"} | {f"xl3m-{m}" for m in MEASURES})
     lm_scores: dict[str, list[float]] = {}
     scoring_seconds = 0.0
     if lm_wanted:
@@ -303,20 +302,20 @@ async def _evaluate_sample(engine: Any, sample: Sample, cfg: EvalConfig, say: Pr
         scoring_seconds = time.perf_counter() - t0
         if sorted(by_seq) != list(range(len(segments))):
             raise RuntimeError(f"the engine scored {len(by_seq)} segments; the evaluation cut {len(segments)}")
-        lm_scores = {m: [by_seq[s.seq][m] for s in segments] for m in LM_MEASURES}
-        signals = {"certainty": lm_scores[engine.config.measure], "arrival": [arrival[s.seq] for s in segments]}
-        for name, key in (("lexical", "bm25"), ("dense", "dense")):
-            if all(key in by_seq[s.seq] for s in segments):
-                signals[name] = [by_seq[s.seq][key] for s in segments]
-        signal_ranks = {name: rank_of(values) for name, values in signals.items()}
+        lm_scores = {m: [by_seq[s.seq][m] for s in segments] for m in MEASURES}
         if "xl3m" in wanted:
+            signals = {"certainty": lm_scores[engine.config.measure], "arrival": [arrival[s.seq] for s in segments]}
+            for name, key in (("lexical", "bm25"), ("dense", "dense")):
+                if all(key in by_seq[s.seq] for s in segments):
+                    signals[name] = [by_seq[s.seq][key] for s in segments]
+            signal_ranks = {name: rank_of(values) for name, values in signals.items()}
             t1 = time.perf_counter()
             answer = await engine.ask(question if scoring_question == question else scoring_question)
             if scoring_question != question:  # read with the real question, from the engine's selection
                 answer = await engine.answer_with([segments[s.seq] for s in answer.segments if not s.local], question)
             seconds = scoring_seconds + time.perf_counter() - t1
             record("xl3m", answer, lm_scores[engine.config.measure], seconds, signal_ranks)
-        for m in LM_MEASURES:
+        for m in MEASURES:
             if f"xl3m-{m}" in wanted:
                 t1 = time.perf_counter()
                 answer = await answer_indices(select_by_scores(lm_scores[m], sizes, budget), lm_scores[m])
