@@ -35,6 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lines", type=int, default=1200)
     p.add_argument("--depth", type=float, default=0.7, help="where the error goes (0..1)")
     p.add_argument("--question", default=QUESTION)
+    p.add_argument(
+        "--dump",
+        metavar="FILE",
+        help="also write every alert (JSON lines, with all its scores) here; with `-- --threshold -1e30 "
+        "--cooldown 0 --warmup 0` every segment alerts, so the file holds every segment's signals",
+    )
     p.add_argument("extra", nargs="*", help="options for xl3m-stream watch (after --)")
     args = p.parse_args(argv)
     with open(args.log, encoding="utf-8", errors="replace") as f:
@@ -58,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
         print(run.stderr[-2000:], file=sys.stderr)
         return run.returncode
     alerts = [json.loads(line) for line in run.stdout.splitlines() if line.strip()]
+    if args.dump:
+        with open(args.dump, "w", encoding="utf-8") as f:
+            f.write(json.dumps({"error_line": error_line}) + "\n")
+            f.writelines(json.dumps(a) + "\n" for a in alerts)
     hits = 0
     for a in alerts:
         first, last = a["meta"]["line_start"], a["meta"]["line_end"]

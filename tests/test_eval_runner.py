@@ -37,3 +37,71 @@ async def test_xl3m_results_carry_each_signals_evidence_rank(tiny_model_dir: Pat
     assert report.window == 1024 and report.reader_window > 0
     rows = {(r.method, r.samples) for r in report.results}
     assert rows == {("xl3m", 2), ("bm25", 2)}
+
+
+async def test_selection_only_matches_the_read_run_and_keeps_signals(tiny_model_dir: Path) -> None:
+    base = EvalConfig(
+        tasks=["passkey"],
+        lengths=[600],
+        samples=2,
+        methods=["xl3m", "bm25"],
+        engine=tiny_config(tiny_model_dir, question=None, store_segments=4),
+    )
+    read = await run_eval(base)
+    only = await run_eval(base.__class__(**{**_fields(base), "read": False, "keep_signals": True}))
+    key = [(s.method, s.seed, s.selection_recall, s.evidence_rank) for s in read.samples]
+    assert [(s.method, s.seed, s.selection_recall, s.evidence_rank) for s in only.samples] == key
+    assert all(s.accuracy is None for s in only.samples)
+    assert all(r.accuracy is None and r.accuracy_when_selected is None for r in only.results)
+    assert all(s.signals is None for s in read.samples)
+    for s in only.samples:
+        if s.method != "xl3m":
+            assert s.signals is None
+            continue
+        sig = s.signals
+        assert sig is not None
+        n = len(sig.sizes)
+        assert n > 4 and all(size > 0 for size in sig.sizes)
+        assert {"nll", "entropy", "bm25", "arrival", "bm25_global"} <= set(sig.values)
+        assert all(len(v) == n for v in sig.values.values())
+        assert len(sig.store) == 4 and set(sig.store) <= set(range(n))  # the bounded store, full
+        # the evidence's segment is where the certainty rank says it is
+        (holding,) = sig.evidence
+        assert len(holding) == 1
+        nll = sig.values["nll"]
+        assert 1 + sum(v > nll[holding[0]] for v in nll) == s.evidence_rank
+        assert sig.budget > 0
+
+
+def _fields(cfg: EvalConfig) -> dict[str, object]:
+    return {f: getattr(cfg, f) for f in cfg.__struct_fields__}
+
+
+async def test_the_offline_fusion_benchmark_reproduces_the_engines_selection(
+    tiny_model_dir: Path, tmp_path, capsys
+) -> None:
+    import json
+    import sys
+
+    import msgspec
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import fusion_offline
+
+    cfg = EvalConfig(
+        tasks=["passkey", "needle"],
+        lengths=[900],
+        samples=3,
+        methods=["xl3m"],
+        read=False,
+        keep_signals=True,
+        engine=tiny_config(tiny_model_dir, question=None, store_segments=5, context_tokens=96),
+    )
+    report = await run_eval(cfg)
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(msgspec.to_builtins(report)))
+    assert fusion_offline.main([str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "engine rule agrees with the run on 6 of 6 samples" in out, out
+    # and the agreement means something: the run both selected and missed evidence
+    assert {s.selection_recall for s in report.samples} >= {0.0, 1.0}

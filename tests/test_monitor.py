@@ -253,3 +253,41 @@ def test_lexical_gate_blocks_segments_without_the_questions_words() -> None:
     off = m.add("Which service reported the disk failure?", threshold=1.0, min_overlap=None)
     d = m.observe(off.id, 0, {"nll": 2.0})
     assert d.alert and d.overlap is None
+
+
+# ---------------------------------------------------------------- fused watches
+def test_a_fused_watch_alerts_on_a_segment_strong_in_one_signal_only() -> None:
+    from xl3m_stream.relevance import ArrivalFusion
+
+    m = Monitor()
+    w = m.add("Is a disk failing?", measure="fused", threshold="z3", warmup=40, min_overlap=None)
+    mirror = ArrivalFusion(["certainty", "lexical", "dense"], window=w.window, combine="sum")
+
+    def row(i: int, dense: float = 0.0) -> dict[str, float]:
+        return {
+            "nll": -5.0 + 0.05 * (i % 5),
+            "entropy": 1.0,
+            "bm25": 0.3 * (i % 3),
+            "dense": 0.2 + 0.01 * (i % 4) + dense,
+        }
+
+    decisions = []
+    for i in range(120):
+        scores = row(i, dense=0.5 if i == 90 else 0.0)  # only the embedding sees segment 90
+        d = m.observe(w.id, i, scores)
+        expected = mirror.score({"certainty": scores["nll"], "lexical": scores["bm25"], "dense": scores["dense"]})
+        assert d.score == pytest.approx(expected)  # the watch's score is the fused arrival score
+        decisions.append(d)
+    assert [d.seq for d in decisions if d.alert] == [90]
+
+
+def test_a_fused_watch_uses_the_signals_it_is_given_and_needs_the_certainty() -> None:
+    m = Monitor()
+    w = m.add("Is a disk failing?", measure="fused", threshold="z3", warmup=10, min_overlap=None)
+    for i in range(30):  # certainty and BM25 only (no embedder): still fused, over the two
+        d = m.observe(w.id, i, {"nll": -5.0 + 0.01 * (i % 3), "bm25": 9.0 if i == 25 else 0.1 * (i % 2)})
+    assert m.stats(w.id).alerts == 1
+    assert d.reason != "invalid"
+    assert m.observe(w.id, 30, {"nll": math.nan, "bm25": 0.0}).reason == "invalid"
+    with pytest.raises(InputError, match="nll"):
+        m.observe(w.id, 31, {"bm25": 1.0})

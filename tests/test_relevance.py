@@ -230,8 +230,9 @@ def test_a_restart_keeps_the_running_document_frequencies(tiny_model_dir, tmp_pa
 
 
 @needs_embedder
-def test_a_dense_watch_alerts_on_an_incident_that_shares_no_word_with_its_question(
-    tiny_model_dir, anyio_backend
+@pytest.mark.parametrize("measure", ["dense", "fused"])
+def test_a_dense_or_fused_watch_alerts_on_an_incident_that_shares_no_word_with_its_question(
+    tiny_model_dir, anyio_backend, measure
 ) -> None:
     from xl3m_stream import Alert
 
@@ -251,7 +252,7 @@ def test_a_dense_watch_alerts_on_an_incident_that_shares_no_word_with_its_questi
     async def run():
         async with Engine(config) as engine:
             events = engine.events()
-            engine.watch(question, measure="dense", threshold="z4", warmup=20, min_overlap=None)
+            engine.watch(question, measure=measure, threshold="z4", warmup=20, min_overlap=None)
             await engine.process(["\n".join(lines) + "\n"])
             alerts = []
             while True:
@@ -266,7 +267,11 @@ def test_a_dense_watch_alerts_on_an_incident_that_shares_no_word_with_its_questi
     alerts = anyio.run(run, backend=anyio_backend)
     assert [a for a in alerts if "I/O error" in a.text], [a.text for a in alerts]
     assert len(alerts) == 1, [a.text for a in alerts]
-    assert alerts[0].measure == "dense" and alerts[0].scores["dense"] == alerts[0].score
+    assert alerts[0].measure == measure
+    if measure == "dense":
+        assert alerts[0].scores["dense"] == alerts[0].score
+    else:  # the fused score is a z-score; every signal it fused is in the alert
+        assert {"nll", "bm25", "dense"} <= set(alerts[0].scores) and alerts[0].score > 4
 
 
 def test_a_dense_watch_needs_the_dense_signal(tiny_model_dir, anyio_backend) -> None:

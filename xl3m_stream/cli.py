@@ -107,6 +107,17 @@ def _parser() -> argparse.ArgumentParser:
         help="real text for the real-text tasks (.txt, .md, .log, .gz; default: this machine's manuals and logs)",
     )
     ev.add_argument("--scoring-question-tokens", type=int, help="score with the last N tokens of stream+question")
+    ev.add_argument(
+        "--read",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run the reader (--no-read: selection only, accuracy not measured; much faster)",
+    )
+    ev.add_argument(
+        "--keep-signals",
+        action="store_true",
+        help="keep every segment's signal values in the xl3m results (for benchmarks/fusion_offline.py)",
+    )
     ev.add_argument("--json", action="store_true", help="print one JSON object with the results")
     ev.add_argument("--report", metavar="DIR", help="also write results.json, results.md and PNG heatmaps here")
     _engine_options(ev)
@@ -128,7 +139,8 @@ def _engine_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--measure",
         choices=WATCH_MEASURES,
-        help="relevance measure (dense: watch only, the question's embedding similarity)",
+        help="relevance measure (watch only: dense, the question's embedding similarity; fused, the "
+        "certainty, BM25 and dense signals each against its own recent values)",
     )
     g.add_argument(
         "--relevance",
@@ -572,7 +584,7 @@ def _cmd_watch(args: argparse.Namespace) -> int:
         options["explain"] = True
     Monitor().add(questions[0], **options)  # check the options before loading a model
     engine_measure = {"measure": measure}
-    if measure == "dense":  # a watch's signal only: the engine keeps its certainty measure
+    if measure in ("dense", "fused"):  # a watch's signal only: the engine keeps its certainty measure
         args.measure, engine_measure = None, {}
     config = _config(args, question=questions[0], segment_cut="lines", **engine_measure)
     try:
@@ -828,6 +840,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         haystack_files=args.haystack,
         corpus=args.corpus,
         scoring_question_tokens=args.scoring_question_tokens,
+        read=args.read,
+        keep_signals=args.keep_signals,
         engine=_config(args),
     )
     for f in [*cfg.haystack_files, *cfg.corpus]:

@@ -82,10 +82,10 @@ from .relevance import (
     SIGNALS,
     ArrivalFusion,
     LexicalIndex,
-    interleaved_rank_fusion,
+    fuse_at_ask,
     passage_similarity,
+    query_terms,
     term_counts,
-    words,
 )
 from .segment import Segment
 from .segmenter import MetaIndex, Segmenter, newline_token_ids
@@ -617,7 +617,7 @@ class Engine:
                     self._emit(SegmentEvicted(time=now, seq=s.seq, start=s.start, end=s.end, score=gone.score))
                 if offer.kept:
                     self._emit(SegmentKept(time=now, seq=seg.seq, start=seg.start, end=seg.end, score=score))
-            await self._watch_similarity(segments, texts, watched)
+            await self._watch_signals(segments, texts, watched)
             self._prune_vectors()
             self._check_watches(segments, watched)
             self._count_terms(texts)
@@ -672,7 +672,7 @@ class Engine:
             return [(_finite(r[measure]), r) for r in results]
         extra: list[dict[str, float]] = [{} for _ in segments]
         if self._lexical is not None:
-            terms = words(question)
+            terms = query_terms(question)
             for row, text in zip(extra, texts):
                 row["bm25"] = self._lexical.score(terms, term_counts(text))
         if self._embedders is not None:
@@ -734,17 +734,17 @@ class Engine:
 
     async def _fuse_candidates(self, candidates: list[StoreEntry], question: str) -> list[StoreEntry]:
         """Every signal against the asked question for each candidate, fused by rank: each signal's
-        best first, then each one's second... (:func:`~xl3m_stream.relevance.interleaved_rank_fusion`)."""
+        best first, then each one's second... (:func:`~xl3m_stream.relevance.fuse_at_ask`)."""
         measure = self.config.measure
         lists = [[(e.scores or {}).get(measure, e.score) for e in candidates]]
         texts = [self._hf_tokenizer.decode(list(e.segment.tokens)) for e in candidates]
         if self._lexical is not None:
-            terms = words(question)
+            terms = query_terms(question)
             lists.append([self._lexical.score(terms, term_counts(t)) for t in texts])
         if self._embedders is not None:
             rows = await self._passage_vectors([e.segment for e in candidates], texts)
             lists.append(passage_similarity(await self._question_vector(question), rows))
-        fused = interleaved_rank_fusion(lists)
+        fused = fuse_at_ask(lists)
         return [msgspec.structs.replace(e, score=f) for e, f in zip(candidates, fused)]
 
     async def _score(self, segments: list[Segment], q_ids: tuple[int, ...]) -> list[dict[str, float]]:
@@ -1186,18 +1186,26 @@ class Engine:
         results = dict(zip(questions, await self._score_many(segments, questions)))
         return results[q_ids], {wid: results[ids] for wid, ids in watched.items()}
 
-    async def _watch_similarity(
+    async def _watch_signals(
         self, segments: list[Segment], texts: list[str] | None, watched: dict[int, list[dict[str, float]]]
     ) -> None:
-        """Add the ``dense`` score (cosine to the watched question) for watches that alert on it."""
-        dense = [wid for wid in watched if wid in self._monitor and self._monitor.get(wid).measure == "dense"]
-        if not dense or self._embedders is None or texts is None:
+        """Add the signals beside the certainty that watches alert on: ``dense`` (cosine to the
+        watched question) for dense and fused watches, ``bm25`` (the stream's running BM25 of
+        the question) for fused ones. Called before the batch's terms are counted, as on arrival."""
+        measures = {wid: self._monitor.get(wid).measure for wid in watched if wid in self._monitor}
+        if texts is None or not any(m in ("dense", "fused") for m in measures.values()):
             return
-        rows = await self._passage_vectors(segments, texts)
-        for wid in dense:
-            q = await self._question_vector(self._monitor.get(wid).question)
-            for row, sim in zip(watched[wid], passage_similarity(q, rows)):
-                row["dense"] = sim
+        rows = None
+        for wid, measure in measures.items():
+            if measure == "fused" and self._lexical is not None:
+                terms = query_terms(self._monitor.get(wid).question)
+                for row, text in zip(watched[wid], texts):
+                    row["bm25"] = self._lexical.score(terms, term_counts(text))
+            if measure in ("dense", "fused") and self._embedders is not None:
+                rows = rows if rows is not None else await self._passage_vectors(segments, texts)
+                q = await self._question_vector(self._monitor.get(wid).question)
+                for row, sim in zip(watched[wid], passage_similarity(q, rows)):
+                    row["dense"] = sim
 
     def _check_watches(self, segments: list[Segment], watched: dict[int, list[dict[str, float]]]) -> None:
         """Hand each watched question's scores to the monitor; emit (or explain) the alerts."""

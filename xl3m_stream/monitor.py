@@ -26,15 +26,15 @@ from __future__ import annotations
 
 import math
 import re
-from collections import deque
 from collections.abc import Iterator, Mapping
 from typing import Literal
 
 import msgspec
-from sortedcontainers import SortedList
 
 from .config import MEASURES
 from .errors import InputError
+from .relevance import ArrivalFusion
+from .running import DEFAULT_WINDOW, RunningScores
 
 __all__ = [
     "DEFAULT_COOLDOWN",
@@ -51,8 +51,12 @@ __all__ = [
     "WatchStats",
 ]
 
-WATCH_MEASURES = (*MEASURES, "dense")
-"""What a watch can alert on: a certainty measure, or ``dense`` (the question's embedding cosine)."""
+WATCH_MEASURES = (*MEASURES, "dense", "fused")
+"""What a watch can alert on: a certainty measure, ``dense`` (the question's embedding cosine),
+or ``fused`` (the certainty, BM25 and dense signals, each a z-score against its own recent
+values for this watch, summed: :class:`~xl3m_stream.relevance.ArrivalFusion`)."""
+FUSED_SIGNALS = {"certainty": "nll", "lexical": "bm25", "dense": "dense"}
+"""The signals a ``fused`` watch combines, and the score each is read from (those present)."""
 DEFAULT_WATCH_MEASURE = "nll"
 """Measure a watch alerts on unless told otherwise (chosen by measurement: docs/MONITORING.md)."""
 DEFAULT_THRESHOLD = "z2"
@@ -61,8 +65,6 @@ DEFAULT_MIN_OVERLAP = 0.2
 """Lexical gate of a watch unless told otherwise (None turns it off: the model's relevance alone)."""
 DEFAULT_COOLDOWN = 1
 """Crossings within this many segments of the previous crossing do not alert again."""
-DEFAULT_WINDOW = 4096
-"""Recent scores a relative threshold is computed from (older ones are forgotten: drift)."""
 MIN_WARMUP = 32
 """Least warm-up of a relative threshold: a z-score or percentile of fewer scores is noise."""
 
@@ -142,74 +144,6 @@ class Threshold(msgspec.Struct, frozen=True):
         if self.kind == "zscore":
             return f"z{self.value:g}"
         return f"{self.value:g}"
-
-
-class RunningScores:
-    """The last ``window`` scores of one watch: exact percentiles, mean and standard deviation.
-
-    A sorted list gives percentiles in O(log n); running sums give the mean and variance
-    (re-summed now and then, so float error does not build up over an endless stream).
-    """
-
-    def __init__(self, window: int = DEFAULT_WINDOW) -> None:
-        if window < 2:
-            raise ValueError(f"window must be at least 2, got {window}")
-        self.window = window
-        self.count = 0
-        """Scores seen in all (the window holds the last ``window`` of them)."""
-        self._recent: deque[float] = deque()
-        self._sorted = SortedList()
-        self._sum = 0.0
-        self._sumsq = 0.0
-        self._since_resum = 0
-
-    def add(self, score: float) -> None:
-        if not math.isfinite(score):
-            raise ValueError(f"score must be finite, got {score!r}")
-        self.count += 1
-        self._recent.append(score)
-        self._sorted.add(score)
-        self._sum += score
-        self._sumsq += score * score
-        if len(self._recent) > self.window:
-            old = self._recent.popleft()
-            self._sorted.remove(old)
-            self._sum -= old
-            self._sumsq -= old * old
-        self._since_resum += 1
-        if self._since_resum >= self.window:
-            self._sum = math.fsum(self._recent)
-            self._sumsq = math.fsum(x * x for x in self._recent)
-            self._since_resum = 0
-
-    def __len__(self) -> int:
-        return len(self._recent)
-
-    @property
-    def mean(self) -> float:
-        return self._sum / len(self._recent) if self._recent else math.nan
-
-    @property
-    def std(self) -> float:
-        """Population standard deviation of the window (0 for one score, NaN for none)."""
-        n = len(self._recent)
-        if n == 0:
-            return math.nan
-        mean = self._sum / n
-        return math.sqrt(max(0.0, self._sumsq / n - mean * mean))
-
-    def quantile(self, q: float) -> float:
-        """The ``q``-quantile (0..1) of the window, interpolated linearly between ranks."""
-        n = len(self._sorted)
-        if n == 0:
-            return math.nan
-        if not 0.0 <= q <= 1.0:
-            raise ValueError(f"q must be in [0, 1], got {q}")
-        pos = q * (n - 1)
-        lo = math.floor(pos)
-        hi = min(lo + 1, n - 1)
-        a, b = self._sorted[lo], self._sorted[hi]
-        return a + (b - a) * (pos - lo)
 
 
 class Lexicon:
@@ -294,11 +228,12 @@ class WatchStats(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class _State:
-    __slots__ = ("alerts", "last_crossing", "lexicon", "scores", "suppressed")
+    __slots__ = ("alerts", "fusion", "last_crossing", "lexicon", "scores", "suppressed")
 
     def __init__(self, window: int, lexicon: Lexicon | None) -> None:
         self.scores = RunningScores(window)
         self.lexicon = lexicon
+        self.fusion: ArrivalFusion | None = None
         self.alerts = 0
         self.suppressed = 0
         self.last_crossing: int | None = None
@@ -421,7 +356,12 @@ class Monitor:
         """
         watch = self.get(watch_id)
         state = self._states[watch_id]
-        score = float(scores if isinstance(scores, (int, float)) else scores[watch.measure])
+        if isinstance(scores, (int, float)):
+            score = float(scores)
+        elif watch.measure == "fused":
+            score = self._fused(watch, state, scores)
+        else:
+            score = float(scores[watch.measure])
         overlap = None
         if state.lexicon is not None:
             if text is None:
@@ -460,6 +400,18 @@ class Monitor:
             reason=reason,
             overlap=overlap,
         )
+
+    @staticmethod
+    def _fused(watch: Watch, state: _State, scores: Mapping[str, float]) -> float:
+        """A ``fused`` watch's score: the sum of its signals' z-scores (NaN on a non-finite one)."""
+        values = {name: float(scores[key]) for name, key in FUSED_SIGNALS.items() if key in scores}
+        if "certainty" not in values:
+            raise InputError(f"a fused watch needs the {FUSED_SIGNALS['certainty']!r} score")
+        if not all(math.isfinite(v) for v in values.values()):
+            return math.nan
+        if state.fusion is None:  # the signals this engine computes: fixed by the first segment
+            state.fusion = ArrivalFusion(list(values), window=watch.window, combine="sum")
+        return state.fusion.score({name: values.get(name, 0.0) for name in state.fusion.signals})
 
     def stats(self, watch_id: int) -> WatchStats:
         watch = self.get(watch_id)

@@ -28,11 +28,12 @@ import re
 import zlib
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from importlib import resources
 
 import msgspec
 import numpy as np
 
-from .monitor import RunningScores
+from .running import RunningScores
 
 SIGNALS = ("certainty", "lexical", "dense")
 """The relevance signals; ``certainty`` (the model's, XL3M's own) is always on."""
@@ -52,9 +53,28 @@ fraction of one matched term's BM25, a small step in cosine."""
 _WORD = re.compile(r"\w+")
 
 
+def _stopwords() -> frozenset[str]:
+    text = resources.files("xl3m_stream").joinpath("data/stopwords.txt").read_text(encoding="utf-8")
+    return frozenset(w for w in (line.strip() for line in text.splitlines()) if w and not w.startswith("#"))
+
+
+STOPWORDS = _stopwords()
+"""English function words (``data/stopwords.txt``): left out of lexical queries. In a log,
+"is" and "the" are rare, so BM25 weighs them as strongly as a real match: "Is one of the
+storage drives failing?" ranked two ``debconf: ... TERM is not set, so the dialog frontend is
+not usable`` segments first of 551 on a real apt log, on "is" and "the" alone."""
+
+
 def words(text: str) -> list[str]:
     """Lower-case word tokens, split at punctuation and whitespace (``"req=ab12"`` -> ``["req", "ab12"]``)."""
     return _WORD.findall(text.lower())
+
+
+def query_terms(question: str) -> list[str]:
+    """The words of ``question`` a lexical query searches for: its words less :data:`STOPWORDS`
+    (all of its words if nothing else is left, so "Is it?" still queries something)."""
+    terms = words(question)
+    return [t for t in terms if t not in STOPWORDS] or terms
 
 
 class LexicalState(msgspec.Struct, frozen=True, kw_only=True):
@@ -141,15 +161,23 @@ def term_counts(text: str) -> Counter[str]:
 
 
 class ArrivalFusion:
-    """Arrival scores: each signal as a z-score against its own recent values, the largest wins.
+    """Arrival scores: each signal as a z-score against its own recent values, combined.
+
+    ``combine="max"`` (the store's): the largest z-score counts, so a segment strong in any one
+    signal ranks high and survives eviction. ``combine="sum"`` (a fused watch's): the z-scores
+    add up, so an alert needs the signals' weight together, and one signal's noise alone
+    (a rare word, a confident guess) is diluted by the others.
 
     One instance per question: :meth:`reset` when the question that arriving segments are
     scored against changes (its scales change with it).
     """
 
-    def __init__(self, signals: Sequence[str], window: int = 4096) -> None:
+    def __init__(self, signals: Sequence[str], window: int = 4096, *, combine: str = "max") -> None:
+        if combine not in ("max", "sum"):
+            raise ValueError(f"combine must be 'max' or 'sum', got {combine!r}")
         self.signals = tuple(signals)
         self.window = window
+        self.combine = combine
         self._floor = {s: SPREAD_FLOOR.get(s, 0.0) or 1e-9 for s in self.signals}
         self._stats = {s: RunningScores(window) for s in self.signals}
 
@@ -158,15 +186,15 @@ class ArrivalFusion:
 
     def score(self, values: Mapping[str, float]) -> float:
         """The arrival score of one segment's signal ``values`` (then they join the statistics)."""
-        best = -math.inf
+        zs = []
         for name in self.signals:
             stats, value = self._stats[name], values[name]
             z = 0.0
             if len(stats) >= MIN_STATS:
                 z = (value - stats.mean) / max(stats.std, self._floor[name])
-            best = max(best, z)
+            zs.append(z)
             stats.add(value)
-        return best
+        return max(zs) if self.combine == "max" else math.fsum(zs)
 
 
 def passage_similarity(question: np.ndarray, segments: Sequence[np.ndarray]) -> list[float]:
@@ -188,6 +216,13 @@ def _ranks(scores: Sequence[float]) -> list[float]:
             ranks[order[k]] = avg
         i = j + 1
     return ranks
+
+
+def fuse_at_ask(lists: Sequence[Sequence[float]]) -> list[float]:
+    """The candidates' fused relevance at ``ask``, from one score list per signal (certainty
+    first); higher = better. The one rule the engine ranks by (and ``benchmarks/fusion_offline.py``
+    calls ``engine``)."""
+    return interleaved_rank_fusion(lists)
 
 
 def interleaved_rank_fusion(rankings: Sequence[Sequence[float]], k: int = RRF_K) -> list[float]:

@@ -33,6 +33,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ..relevance import STOPWORDS
+
 PROSE_CORPUS = (
     "/usr/share/info/coreutils.info.gz",
     "/usr/share/info/gettext.info.gz",
@@ -50,20 +52,7 @@ LOG_CORPUS = ("/var/log/dpkg.log", "/var/log/apt/term.log", "/var/log/apt/histor
 """Default logs: the machine's own package-manager logs (those present and non-empty are used)."""
 
 _WORD = re.compile(r"[a-z0-9]+")
-STOPWORDS = frozenset(
-    _WORD.findall(
-        """
-        a about above after again against all am an and any are as at be because been before being below
-        between both but by can could did do does doing down during each few for from further had has have
-        having he her here hers him his how i if in into is it its itself just me more most my no nor not
-        now of off on once only or other our ours out over own same she should so some such than that the
-        their theirs them then there these they this those through to too under until up very was we were
-        what when where which while who whom why will with would you your yours must may might shall get
-        got each every use uses used given
-        """
-    )
-)
-"""Function words that do not count as shared content between a needle and its question."""
+
 
 _SUFFIXES = ("ing", "ed", "es", "s", "ly")
 

@@ -22,9 +22,10 @@ def markdown_table(rows: Sequence[ResultRow], window: int | None = None) -> str:
         ratio = f"{r.length / window:.1f}" if window else ""
         recall = "" if r.selection_recall is None else f"{r.selection_recall:.2f}"
         when = "" if r.accuracy_when_selected is None else f"{r.accuracy_when_selected:.2f} of {r.selected}"
+        accuracy = "not read" if r.accuracy is None else f"{r.accuracy:.2f}"
         rank = "" if r.median_evidence_rank is None else f"{r.median_evidence_rank:g}"
         lines.append(
-            f"| {r.task} | {r.length:,} | {ratio} | {r.method} | {r.accuracy:.2f} | {recall} | {when} | {rank} | "
+            f"| {r.task} | {r.length:,} | {ratio} | {r.method} | {accuracy} | {recall} | {when} | {rank} | "
             f"{r.samples} | {r.seconds:.1f} |"
         )
     return "\n".join(lines) + "\n"
@@ -73,12 +74,12 @@ def losses(rows: Sequence[ResultRow], method: str = "xl3m") -> list[str]:
         for other, r in group.items():
             if other == method:
                 continue
-            worse_acc = r.accuracy > mine.accuracy
+            worse_acc = (r.accuracy or 0) > (mine.accuracy or 0)
             worse_rec = (r.selection_recall or 0) > (mine.selection_recall or 0)
             if worse_acc or worse_rec:
                 out.append(
-                    f"{task} @ {length:,}: {other} {r.accuracy:.2f} acc / {r.selection_recall or 0:.2f} recall "
-                    f"vs {method} {mine.accuracy:.2f} / {mine.selection_recall or 0:.2f}"
+                    f"{task} @ {length:,}: {other} {r.accuracy or 0:.2f} acc / {r.selection_recall or 0:.2f} recall "
+                    f"vs {method} {mine.accuracy or 0:.2f} / {mine.selection_recall or 0:.2f}"
                 )
     return out
 

@@ -77,6 +77,12 @@ class EvalConfig(msgspec.Struct, frozen=True, kw_only=True):
     scoring_question_tokens: int | None = None
     """Score with the last N tokens of (stream + question) instead of the question alone (the
     paper's "question = the last tokens of the input"); None: the question itself."""
+    read: bool = True
+    """False: selection only, no reader runs (``accuracy`` is None). Selection recall and
+    evidence ranks do not depend on the reader, and reading is most of a baseline's time."""
+    keep_signals: bool = False
+    """Keep every segment's signal values in the xl3m results (:class:`SampleSignals`), so
+    that selection rules can be compared offline (``benchmarks/fusion_offline.py``)."""
     engine: EngineConfig = msgspec.field(default_factory=EngineConfig)
 
     def __post_init__(self) -> None:
@@ -98,6 +104,23 @@ class EvalConfig(msgspec.Struct, frozen=True, kw_only=True):
             raise InputError("scoring_question_tokens must be at least 1")
 
 
+class SampleSignals(msgspec.Struct, frozen=True, kw_only=True):
+    """One sample's segments as the engine saw them (``EvalConfig.keep_signals``)."""
+
+    sizes: list[int]
+    """Each segment's cost in the reader's tokens."""
+    evidence: list[list[int]]
+    """For each piece of evidence, the segments that hold it whole (empty: it straddles a cut)."""
+    store: list[int]
+    """The segments in the bounded store when the question was asked."""
+    budget: int
+    """The key-context budget (reader tokens)."""
+    values: dict[str, list[float]]
+    """Per segment: every measure (``nll``, ``entropy``...), ``bm25`` and ``dense`` as scored on
+    arrival, ``arrival`` (the fused score the store keeps) and ``bm25_global`` (BM25 with the
+    whole stream's document frequencies, what the lexical signal is at ask)."""
+
+
 class SampleResult(msgspec.Struct, frozen=True, kw_only=True):
     """One method on one sample."""
 
@@ -107,7 +130,8 @@ class SampleResult(msgspec.Struct, frozen=True, kw_only=True):
     method: str
     seed: int
     depth: float | None
-    accuracy: float
+    accuracy: float | None
+    """None: not read (``EvalConfig.read`` off)."""
     selection_recall: float | None
     evidence_rank: int | None
     answer: str
@@ -117,6 +141,8 @@ class SampleResult(msgspec.Struct, frozen=True, kw_only=True):
     """xl3m only: the evidence's rank over the whole stream under each arrival signal
     (``certainty``: the measure; ``lexical``, ``dense`` when on; ``arrival``: the fused arrival
     score the store keeps), to tell which signal found or missed it."""
+    signals: SampleSignals | None = None
+    """xl3m with ``keep_signals``: every segment's signal values."""
 
 
 class ResultRow(msgspec.Struct, frozen=True, kw_only=True):
@@ -125,7 +151,8 @@ class ResultRow(msgspec.Struct, frozen=True, kw_only=True):
     task: str
     length: int
     method: str
-    accuracy: float
+    accuracy: float | None
+    """None: the samples were not read."""
     selection_recall: float | None
     median_evidence_rank: float | None
     samples: int
@@ -249,6 +276,7 @@ async def _evaluate_sample(engine: Any, sample: Sample, cfg: EvalConfig, say: Pr
         ranking: Sequence[float] | None,
         seconds: float,
         signal_ranks: dict[str, int | None] | None = None,
+        signals: SampleSignals | None = None,
     ) -> None:
         selected = "".join(s.text for s in answer.segments)
         recall = sum(contains_evidence(sample, selected, k) for k in range(len(sample.evidence))) / len(sample.evidence)
@@ -261,17 +289,20 @@ async def _evaluate_sample(engine: Any, sample: Sample, cfg: EvalConfig, say: Pr
                 method=method,
                 seed=sample.seed,
                 depth=sample.depth,
-                accuracy=float(score_answer(sample, answer.text)),
+                accuracy=float(score_answer(sample, answer.text)) if cfg.read else None,
                 selection_recall=recall,
                 evidence_rank=rank,
                 answer=answer.text,
                 context_tokens=answer.context_tokens,
                 seconds=round(seconds, 3),
                 signal_ranks=signal_ranks,
+                signals=signals,
             )
         )
 
     async def answer_indices(indices: Sequence[int], ranking: Sequence[float] | None) -> Any:
+        if not cfg.read:
+            return _Selected([_Text(texts[j]) for j in sorted(indices)], sum(sizes[j] for j in indices))
         chosen = [segments[j] for j in sorted(indices)]
         scores = [ranking[j] for j in sorted(indices)] if ranking is not None else None
         return await engine.answer_with(chosen, question, scores=scores)
@@ -309,12 +340,34 @@ async def _evaluate_sample(engine: Any, sample: Sample, cfg: EvalConfig, say: Pr
                 if all(key in by_seq[s.seq] for s in segments):
                     signals[name] = [by_seq[s.seq][key] for s in segments]
             signal_ranks = {name: rank_of(values) for name, values in signals.items()}
+            kept = None
+            if cfg.keep_signals:
+                values = {m: lm_scores[m] for m in MEASURES}
+                values.update({k: [by_seq[s.seq][k] for s in segments] for k in ("bm25", "dense") if k in by_seq[0]})
+                values["arrival"] = signals["arrival"]
+                values["bm25_global"] = _bm25_at_ask(texts, question)
+                kept = SampleSignals(
+                    sizes=sizes,
+                    evidence=[
+                        [j for j, t in enumerate(texts) if contains_evidence(sample, t, k)]
+                        for k in range(len(sample.evidence))
+                    ],
+                    store=[e.segment.seq for e in engine.store],
+                    budget=budget,
+                    values=values,
+                )
             t1 = time.perf_counter()
-            answer = await engine.ask(question if scoring_question == question else scoring_question)
-            if scoring_question != question:  # read with the real question, from the engine's selection
-                answer = await engine.answer_with([segments[s.seq] for s in answer.segments if not s.local], question)
+            asked = question if scoring_question == question else scoring_question
+            if not cfg.read:
+                ctx = await engine.key_context(asked)
+                answer = _Selected(list(ctx.segments), ctx.tokens)
+            else:
+                answer = await engine.ask(asked)
+                if scoring_question != question:  # read with the real question, from the engine's selection
+                    local = [segments[s.seq] for s in answer.segments if not s.local]
+                    answer = await engine.answer_with(local, question)
             seconds = scoring_seconds + time.perf_counter() - t1
-            record("xl3m", answer, lm_scores[engine.config.measure], seconds, signal_ranks)
+            record("xl3m", answer, lm_scores[engine.config.measure], seconds, signal_ranks, kept)
         for m in MEASURES:
             if f"xl3m-{m}" in wanted:
                 t1 = time.perf_counter()
@@ -345,7 +398,7 @@ async def _evaluate_sample(engine: Any, sample: Sample, cfg: EvalConfig, say: Pr
         t1 = time.perf_counter()
         answer = await answer_indices(select_sink(texts, sizes, question, budget), None)
         record("sink", answer, None, time.perf_counter() - t1)
-    if "full" in wanted:
+    if "full" in wanted and cfg.read:
         room = engine.budget_for(question, whole_window=True)
         if sum(sizes) <= room:
             t1 = time.perf_counter()
@@ -354,6 +407,30 @@ async def _evaluate_sample(engine: Any, sample: Sample, cfg: EvalConfig, say: Pr
         else:
             say(f"full: skipped ({sum(sizes):,} tokens do not fit the {room:,}-token room of the window)")
     return results
+
+
+def _bm25_at_ask(texts: Sequence[str], question: str) -> list[float]:
+    """The engine's lexical signal at ``ask`` once every segment is counted: its BM25, its query terms."""
+    from ..relevance import LexicalIndex, query_terms, term_counts
+
+    index = LexicalIndex()
+    counts = [term_counts(t) for t in texts]
+    for c in counts:
+        index.add(c)
+    terms = query_terms(question)
+    return [index.score(terms, c) for c in counts]
+
+
+class _Selected(msgspec.Struct, frozen=True):
+    """What a method selected when nothing is read: the parts of an ``Answer`` that ``record`` uses."""
+
+    segments: list[Any]
+    context_tokens: int
+    text: str = ""
+
+
+class _Text(msgspec.Struct, frozen=True):
+    text: str
 
 
 def aggregate(samples: Sequence[SampleResult]) -> list[ResultRow]:
@@ -366,18 +443,21 @@ def aggregate(samples: Sequence[SampleResult]) -> list[ResultRow]:
         recalls = [g.selection_recall for g in group if g.selection_recall is not None]
         ranks = [g.evidence_rank for g in group if g.evidence_rank is not None]
         chosen = [g for g in group if g.selection_recall == 1.0]
+        read = all(g.accuracy is not None for g in group)
         rows.append(
             ResultRow(
                 task=task,
                 length=length,
                 method=method,
-                accuracy=round(statistics.fmean(g.accuracy for g in group), 4),
+                accuracy=round(statistics.fmean(g.accuracy or 0.0 for g in group), 4) if read else None,
                 selection_recall=round(statistics.fmean(recalls), 4) if recalls else None,
                 median_evidence_rank=statistics.median(ranks) if ranks else None,
                 samples=len(group),
                 seconds=round(sum(g.seconds for g in group), 3),
                 selected=len(chosen) if recalls else None,
-                accuracy_when_selected=round(statistics.fmean(g.accuracy for g in chosen), 4) if chosen else None,
+                accuracy_when_selected=(
+                    round(statistics.fmean(g.accuracy or 0.0 for g in chosen), 4) if chosen and read else None
+                ),
             )
         )
     order = {m: i for i, m in enumerate(METHODS)}
