@@ -57,12 +57,21 @@ def _weighted_interleave(lists: Sequence[Sequence[float]], weights: Sequence[flo
     return [-min(r[i] / w for r, w in zip(ranks, weights)) + rrf[i] for i in range(len(lists[0]))]
 
 
+def _firsts_then(lists: Sequence[Sequence[float]], rest: Sequence[float]) -> list[float]:
+    """Each signal's first choice ahead of everything, then ``rest`` orders the others."""
+    firsts = {max(range(len(x)), key=lambda i: (x[i], i)) for x in lists}
+    top = max(abs(v) for v in rest) + 1.0 if rest else 1.0
+    return [v + (4 * top if i in firsts else 0.0) for i, v in enumerate(rest)]
+
+
 SIGNALS = ("nll", "bm25_global", "dense")
 
 RULES: dict[str, Rule] = {
     "engine": lambda v: fuse_at_ask(_lists(v, SIGNALS)),
     "zsum": lambda v: _zsum(_lists(v, SIGNALS)),
     "zmax": lambda v: _zmax(_lists(v, SIGNALS)),
+    "firsts+zsum": lambda v: _firsts_then(_lists(v, SIGNALS), _zsum(_lists(v, SIGNALS))),
+    "firsts+certainty": lambda v: _firsts_then(_lists(v, SIGNALS), _z(v["nll"])),
     "interleave-c2": lambda v: _weighted_interleave(_lists(v, SIGNALS), (2, 1, 1)),
     "certainty+dense": lambda v: interleaved_rank_fusion(_lists(v, ("nll", "dense"))),
     "interleave": lambda v: interleaved_rank_fusion(_lists(v, SIGNALS)),

@@ -291,3 +291,11 @@ def test_a_fused_watch_uses_the_signals_it_is_given_and_needs_the_certainty() ->
     assert m.observe(w.id, 30, {"nll": math.nan, "bm25": 0.0}).reason == "invalid"
     with pytest.raises(InputError, match="nll"):
         m.observe(w.id, 31, {"bm25": 1.0})
+
+
+@pytest.mark.parametrize(("measure", "gate"), [("nll", DEFAULT_MIN_OVERLAP), ("dense", None), ("fused", None)])
+def test_the_lexical_gate_by_default_follows_the_measure(measure, gate) -> None:
+    m = Monitor()
+    assert m.add("Is a disk failing?", measure=measure).min_overlap == gate
+    assert m.add("Is a disk failing?", measure=measure, min_overlap=0.5).min_overlap == 0.5  # told: kept
+    assert m.add("Is a disk failing?", measure=measure, min_overlap=None).min_overlap is None

@@ -31,7 +31,7 @@ import weakref
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import anyio.abc
@@ -57,7 +57,6 @@ from .metrics import LatencyRecorder, Metrics
 from .models import wrap
 from .monitor import (
     DEFAULT_COOLDOWN,
-    DEFAULT_MIN_OVERLAP,
     DEFAULT_THRESHOLD,
     DEFAULT_WATCH_MEASURE,
     Monitor,
@@ -1126,7 +1125,7 @@ class Engine:
         warmup: int | None = None,
         cooldown: int = DEFAULT_COOLDOWN,
         min_score: float | None = None,
-        min_overlap: float | None = DEFAULT_MIN_OVERLAP,
+        min_overlap: float | Literal["auto"] | None = "auto",
         explain: bool = False,
     ) -> int:
         """Watch for ``question``: every segment scored from now on is also scored against it,
@@ -1135,9 +1134,12 @@ class Engine:
         ``threshold``: ``"z2"`` (2 standard deviations above the mean of the recent scores),
         ``"p99.5"`` (above their 99.5th percentile) or a number (an absolute score); relative
         thresholds wait ``warmup`` segments (default: enough for the threshold to mean
-        something). ``min_overlap``: the lexical gate, the share of the question's
+        something). ``measure``: a certainty measure (``nll`` by default), ``dense`` or
+        ``fused`` (certainty, BM25 and dense z-scores summed: finds incidents that do not share
+        the question's words). ``min_overlap``: the lexical gate, the share of the question's
         information (idf-weighted words) the segment must hold; None turns it off (then use a
-        stricter threshold, e.g. ``"z4"``). ``cooldown``: crossings within that many segments
+        stricter threshold, e.g. ``"z4"``); ``"auto"``: 0.2 for a certainty measure, off for
+        ``dense`` and ``fused``. ``cooldown``: crossings within that many segments
         of the last one do not alert again. ``explain``: the reader answers the question from
         the alerting segment,
         off the scoring path, and the alert is emitted with that answer as ``explanation``.

@@ -37,6 +37,7 @@ from .relevance import ArrivalFusion
 from .running import DEFAULT_WINDOW, RunningScores
 
 __all__ = [
+    "AUTO",
     "DEFAULT_COOLDOWN",
     "DEFAULT_MIN_OVERLAP",
     "DEFAULT_THRESHOLD",
@@ -62,7 +63,12 @@ DEFAULT_WATCH_MEASURE = "nll"
 DEFAULT_THRESHOLD = "z2"
 """Threshold of a watch unless told otherwise (with the lexical gate; without it, use ``"z4"``)."""
 DEFAULT_MIN_OVERLAP = 0.2
-"""Lexical gate of a watch unless told otherwise (None turns it off: the model's relevance alone)."""
+"""Lexical gate of a watch on a certainty measure unless told otherwise (None turns it off:
+the model's relevance alone). ``dense`` and ``fused`` watches have no gate unless given one:
+their signals are there to find incidents that do not share the question's words."""
+AUTO = "auto"
+"""``min_overlap="auto"``: :data:`DEFAULT_MIN_OVERLAP` for a certainty measure, no gate for
+``dense`` and ``fused``."""
 DEFAULT_COOLDOWN = 1
 """Crossings within this many segments of the previous crossing do not alert again."""
 MIN_WARMUP = 32
@@ -256,13 +262,14 @@ class Monitor:
         warmup: int | None = None,
         cooldown: int = DEFAULT_COOLDOWN,
         min_score: float | None = None,
-        min_overlap: float | None = DEFAULT_MIN_OVERLAP,
+        min_overlap: float | Literal["auto"] | None = AUTO,
         explain: bool = False,
         window: int = DEFAULT_WINDOW,
     ) -> Watch:
         """Register a standing question; returns its :class:`Watch` (``.id`` names it).
 
-        ``warmup=None`` picks :meth:`Threshold.default_warmup`. Raises InputError on a bad value.
+        ``warmup=None`` picks :meth:`Threshold.default_warmup`; ``min_overlap="auto"`` the gate
+        of the measure (:data:`AUTO`). Raises InputError on a bad value.
         """
         if not isinstance(question, str) or not question.strip():
             raise InputError("a watched question must be a non-empty string")
@@ -276,6 +283,8 @@ class Monitor:
                 raise InputError(f"{name} must be an integer >= {least}, got {value!r}")
         if min_score is not None and not (isinstance(min_score, (int, float)) and math.isfinite(min_score)):
             raise InputError(f"min_score must be a finite number or None, got {min_score!r}")
+        if min_overlap == AUTO:
+            min_overlap = None if measure in ("dense", "fused") else DEFAULT_MIN_OVERLAP
         lexicon = None
         if min_overlap is not None:
             if isinstance(min_overlap, bool) or not isinstance(min_overlap, (int, float)) or not 0 <= min_overlap <= 1:
