@@ -252,6 +252,8 @@ def test_missing_file_directory_and_unknown_model(run, good_state: Path, tmp_pat
         (["--context-tokens", "0"], "`$.context_tokens`"),
         (["--max-new-tokens", "999999"], "`$.max_new_tokens`"),
         (["--segment-tokens", "abc"], "invalid int value"),
+        (["--segment-overlap", "-1"], "`$.segment_overlap`"),
+        (["--segment-tokens", "32", "--segment-overlap", "32"], "segment_overlap (32) must be smaller"),
         (["--fsync", "sometimes"], "invalid choice"),
         (["--dtype", "float8"], "invalid choice"),
         (["--device", "tpu:0"], "is not a device"),

@@ -148,6 +148,7 @@ def _engine_options(p: argparse.ArgumentParser) -> None:
         help="relevance signals, comma-separated: certainty (always), lexical, dense (default: all three)",
     )
     g.add_argument("--segment-tokens", type=int, help="tokens per segment")
+    g.add_argument("--segment-overlap", type=int, help="tokens consecutive segments share (0: none)")
     g.add_argument("--context-tokens", type=int, help="key-context budget in tokens")
     g.add_argument("--max-new-tokens", type=int, help="most answer tokens")
     g.add_argument("--batch-size", type=int, help="segments per scoring pass")
@@ -170,6 +171,7 @@ def _config(args: argparse.Namespace, **extra: Any) -> Any:
         "measure": args.measure,
         "relevance": [x.strip() for x in args.relevance.split(",") if x.strip()] if args.relevance else None,
         "segment_tokens": args.segment_tokens,
+        "segment_overlap": args.segment_overlap,
         "context_tokens": args.context_tokens,
         "max_new_tokens": args.max_new_tokens,
         "batch_size": args.batch_size,
