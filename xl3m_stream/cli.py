@@ -565,7 +565,7 @@ def _cmd_watch(args: argparse.Namespace) -> int:
     import anyio
 
     from .errors import InputError
-    from .monitor import DEFAULT_WATCH_MEASURE, Monitor
+    from .monitor import DEFAULT_WATCH_MEASURE, SIGNAL_MEASURES, Monitor
 
     questions = list(args.questions)
     if any(not q.strip() for q in questions):
@@ -586,7 +586,7 @@ def _cmd_watch(args: argparse.Namespace) -> int:
         options["explain"] = True
     Monitor().add(questions[0], **options)  # check the options before loading a model
     engine_measure = {"measure": measure}
-    if measure in ("dense", "fused"):  # a watch's signal only: the engine keeps its certainty measure
+    if measure in SIGNAL_MEASURES:  # a watch's signal only: the engine keeps its certainty measure
         args.measure, engine_measure = None, {}
     config = _config(args, question=questions[0], segment_cut="lines", **engine_measure)
     try:

@@ -59,6 +59,7 @@ from .monitor import (
     DEFAULT_COOLDOWN,
     DEFAULT_THRESHOLD,
     DEFAULT_WATCH_MEASURE,
+    SIGNAL_MEASURES,
     Monitor,
     Threshold,
     WatchStats,
@@ -671,13 +672,10 @@ class Engine:
             return [(_finite(r[measure]), r) for r in results]
         extra: list[dict[str, float]] = [{} for _ in segments]
         if self._lexical is not None:
-            terms = query_terms(question)
-            for row, text in zip(extra, texts):
-                row["bm25"] = self._lexical.score(terms, term_counts(text))
+            for row, value in zip(extra, self._bm25_scores(question, texts)):
+                row["bm25"] = value
         if self._embedders is not None:
-            vectors = await self._passage_vectors(segments, texts)
-            sims = passage_similarity(await self._question_vector(question), vectors)
-            for row, sim in zip(extra, sims):
+            for row, sim in zip(extra, await self._dense_scores(question, segments, texts)):
                 row["dense"] = sim
         out = []
         for r, row in zip(results, extra):
@@ -689,6 +687,17 @@ class Engine:
                 signals["dense"] = row["dense"]
             out.append((fusion.score(signals), scores))
         return out
+
+    def _bm25_scores(self, question: str, texts: list[str]) -> list[float]:
+        """Each text's BM25 for the question's query terms, with the stream's running df."""
+        assert self._lexical is not None
+        terms = query_terms(question)
+        return [self._lexical.score(terms, term_counts(text)) for text in texts]
+
+    async def _dense_scores(self, question: str, segments: list[Segment], texts: list[str]) -> list[float]:
+        """Each segment's dense similarity to the question (its best passage's cosine)."""
+        rows = await self._passage_vectors(segments, texts)
+        return passage_similarity(await self._question_vector(question), rows)
 
     async def _on_embedder(self, work: Callable[[Embedder], Any]) -> Any:
         """``work(embedder)`` on a replica's own threads (the embedder is torch code)."""
@@ -738,11 +747,9 @@ class Engine:
         lists = [[(e.scores or {}).get(measure, e.score) for e in candidates]]
         texts = [self._hf_tokenizer.decode(list(e.segment.tokens)) for e in candidates]
         if self._lexical is not None:
-            terms = query_terms(question)
-            lists.append([self._lexical.score(terms, term_counts(t)) for t in texts])
+            lists.append(self._bm25_scores(question, texts))
         if self._embedders is not None:
-            rows = await self._passage_vectors([e.segment for e in candidates], texts)
-            lists.append(passage_similarity(await self._question_vector(question), rows))
+            lists.append(await self._dense_scores(question, [e.segment for e in candidates], texts))
         fused = fuse_at_ask(lists)
         return [msgspec.structs.replace(e, score=f) for e, f in zip(candidates, fused)]
 
@@ -1194,19 +1201,17 @@ class Engine:
         """Add the signals beside the certainty that watches alert on: ``dense`` (cosine to the
         watched question) for dense and fused watches, ``bm25`` (the stream's running BM25 of
         the question) for fused ones. Called before the batch's terms are counted, as on arrival."""
-        measures = {wid: self._monitor.get(wid).measure for wid in watched if wid in self._monitor}
-        if texts is None or not any(m in ("dense", "fused") for m in measures.values()):
+        if texts is None:
             return
-        rows = None
-        for wid, measure in measures.items():
-            if measure == "fused" and self._lexical is not None:
-                terms = query_terms(self._monitor.get(wid).question)
-                for row, text in zip(watched[wid], texts):
-                    row["bm25"] = self._lexical.score(terms, term_counts(text))
-            if measure in ("dense", "fused") and self._embedders is not None:
-                rows = rows if rows is not None else await self._passage_vectors(segments, texts)
-                q = await self._question_vector(self._monitor.get(wid).question)
-                for row, sim in zip(watched[wid], passage_similarity(q, rows)):
+        for wid, rows in watched.items():
+            if wid not in self._monitor or self._monitor.get(wid).measure not in SIGNAL_MEASURES:
+                continue
+            watch = self._monitor.get(wid)
+            if watch.measure == "fused" and self._lexical is not None:
+                for row, value in zip(rows, self._bm25_scores(watch.question, texts)):
+                    row["bm25"] = value
+            if self._embedders is not None:  # passage vectors are kept: embedded once for all watches
+                for row, sim in zip(rows, await self._dense_scores(watch.question, segments, texts)):
                     row["dense"] = sim
 
     def _check_watches(self, segments: list[Segment], watched: dict[int, list[dict[str, float]]]) -> None:

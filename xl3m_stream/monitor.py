@@ -43,6 +43,7 @@ __all__ = [
     "DEFAULT_THRESHOLD",
     "DEFAULT_WATCH_MEASURE",
     "DEFAULT_WINDOW",
+    "SIGNAL_MEASURES",
     "Decision",
     "Lexicon",
     "Monitor",
@@ -56,6 +57,9 @@ WATCH_MEASURES = (*MEASURES, "dense", "fused")
 """What a watch can alert on: a certainty measure, ``dense`` (the question's embedding cosine),
 or ``fused`` (the certainty, BM25 and dense signals, each a z-score against its own recent
 values for this watch, summed: :class:`~xl3m_stream.relevance.ArrivalFusion`)."""
+SIGNAL_MEASURES = ("dense", "fused")
+"""The watch measures that are not certainty measures: the engine computes them for the watch,
+beside its own measure, and they have no lexical gate by default."""
 FUSED_SIGNALS = {"certainty": "nll", "lexical": "bm25", "dense": "dense"}
 """The signals a ``fused`` watch combines, and the score each is read from (those present)."""
 DEFAULT_WATCH_MEASURE = "nll"
@@ -284,7 +288,7 @@ class Monitor:
         if min_score is not None and not (isinstance(min_score, (int, float)) and math.isfinite(min_score)):
             raise InputError(f"min_score must be a finite number or None, got {min_score!r}")
         if min_overlap == AUTO:
-            min_overlap = None if measure in ("dense", "fused") else DEFAULT_MIN_OVERLAP
+            min_overlap = None if measure in SIGNAL_MEASURES else DEFAULT_MIN_OVERLAP
         lexicon = None
         if min_overlap is not None:
             if isinstance(min_overlap, bool) or not isinstance(min_overlap, (int, float)) or not 0 <= min_overlap <= 1:

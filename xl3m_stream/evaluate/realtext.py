@@ -52,8 +52,6 @@ LOG_CORPUS = ("/var/log/dpkg.log", "/var/log/apt/term.log", "/var/log/apt/histor
 """Default logs: the machine's own package-manager logs (those present and non-empty are used)."""
 
 _WORD = re.compile(r"[a-z0-9]+")
-
-
 _SUFFIXES = ("ing", "ed", "es", "s", "ly")
 
 
