@@ -148,17 +148,19 @@ def _tokens(engine, event) -> tuple[int, ...]:
 
 @pytest.fixture(autouse=True)
 def _token_cache(monkeypatch):
+    """Every segment's tokens as it is queued for scoring (events carry offsets, not tokens)."""
     _tokens.cache = {}
-    from xl3m_stream import engine as engine_module
+    from xl3m_stream._engine.queue import ScoringQueue
 
-    original = engine_module.Engine._queue
+    original = ScoringQueue.put
 
-    def spy(self, segments, window, base):
-        for s in segments:
-            _tokens.cache[s.seq] = s.tokens
-        return original(self, segments, window, base)
+    def spy(self, items):
+        items = list(items)
+        for p in items:
+            _tokens.cache[p.segment.seq] = p.segment.tokens
+        return original(self, items)
 
-    monkeypatch.setattr(engine_module.Engine, "_queue", spy)
+    monkeypatch.setattr(ScoringQueue, "put", spy)
 
 
 async def test_cancelling_ask_stream_leaves_engine_usable(tiny_model_dir, anyio_backend) -> None:
@@ -535,15 +537,27 @@ async def test_source_metadata_reaches_segments(tiny_model_dir, anyio_backend) -
 
 
 async def test_rolling_questions_do_not_grow_memory(tiny_model_dir, anyio_backend, monkeypatch) -> None:
-    from xl3m_stream import engine as engine_module
+    from xl3m_stream._engine import questions
 
-    monkeypatch.setattr(engine_module, "QUESTION_KEYS_KEPT", 3)
+    monkeypatch.setattr(questions, "QUESTION_KEYS_KEPT", 3)
     async with Engine(config(tiny_model_dir, question=None, batch_size=1)) as engine:
         await engine.process([TEXT])
         assert engine.stats().batches > 3
-        assert len(engine._question_keys) <= 3
         answer = await engine.ask("What is the pass key?")
         assert answer.rescored == engine.stats().store_segments  # forgotten keys count as other questions
+
+
+def test_question_keys_are_bounded_and_recent_ones_kept(monkeypatch) -> None:
+    from xl3m_stream._engine import questions
+
+    monkeypatch.setattr(questions, "QUESTION_KEYS_KEPT", 3)
+    keys = questions.Questions(EngineConfig(), scorer=None, window=8192)
+    first = keys.key((1,))
+    for q in [(2,), (3,), (1,), (4,)]:  # (1,) used again: (2,) is the oldest and goes
+        keys.key(q)
+    assert len(keys.keys) == 3 and (2,) not in keys.keys
+    assert keys.key((1,)) == first  # kept its key
+    assert keys.key((2,)) == 5  # a new key, never one used before (1-4 were)
 
 
 def _two_replica_pool(monkeypatch, model_dir) -> None:

@@ -46,7 +46,7 @@ from .tokenizer import backend_tokenizer
 if TYPE_CHECKING:
     from .config import EngineConfig
 
-__all__ = ["MetaIndex", "MetaIndexState", "Segmenter", "SegmenterState", "newline_token_ids"]
+__all__ = ["Cutter", "MetaIndex", "MetaIndexState", "Segmenter", "SegmenterState", "newline_token_ids"]
 
 
 class SegmenterState(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -337,3 +337,60 @@ class MetaIndex:
         self._chunks = deque((end, meta) for end, meta in state.chunks)
         self._runs = deque((s, e, meta) for s, e, meta in state.runs)
         self._tokens = state.tokens
+
+
+class Cutter:
+    """Token ids (and the text chunks they came from) -> segments carrying their source metadata.
+
+    The one path from ids to segments: the engine's intake takes live input through it, and
+    recovery, :class:`~xl3m_stream.persistence.LogReader` and the evaluation replay logged or
+    prepared ids through it, so they cannot cut differently. ``take`` and ``cut`` are the two
+    moves of a live stream; ``apply`` is one logged intake step (both, in that order).
+    """
+
+    def __init__(self, segmenter: Segmenter, index: MetaIndex | None = None) -> None:
+        self.segmenter = segmenter
+        self.index = index if index is not None else MetaIndex()
+
+    def chunk(self, char_end: int, meta: dict[str, Any] | None) -> None:
+        """A text chunk ends at character ``char_end`` of the stream's text, with ``meta``."""
+        self.index.add_chunk(char_end, meta)
+
+    def take(self, ids: Sequence[int], ends: Sequence[int] | None = None) -> list[Segment]:
+        """The segments ``ids`` complete. ``ends``: each token's character end offset (tokens
+        of text, attributed to their chunks); None: ids fed as ids (no source metadata)."""
+        if not ids:
+            return []
+        if ends:
+            self.index.add_tokens(ends)
+        else:
+            self.index.add_unattributed(len(ids))
+        return self._attach(self.segmenter.push(ids))
+
+    def cut(self) -> list[Segment]:
+        """End the current segment: the pending tokens become a (short) tail segment."""
+        return self._attach(self.segmenter.flush())
+
+    def apply(
+        self,
+        ids: Sequence[int],
+        ends: Sequence[int],
+        *,
+        chunk: tuple[int, dict[str, Any] | None] | None = None,
+        cut: bool = False,
+    ) -> list[Segment]:
+        """Redo one logged intake step: a text chunk (``chunk``), its tokens, a cut."""
+        if chunk is not None:
+            self.chunk(*chunk)
+        out = self.take(ids, ends or None)
+        if cut:
+            out += self.cut()
+        return out
+
+    def _attach(self, segments: list[Segment]) -> list[Segment]:
+        out = []
+        for seg in segments:
+            meta = self.index.meta_for(seg.start, seg.end)
+            out.append(msgspec.structs.replace(seg, meta=meta) if meta is not None else seg)
+        self.index.forget_before(self.segmenter.position - len(self.segmenter.pending))
+        return out
