@@ -18,31 +18,31 @@ from __future__ import annotations
 
 import logging
 import time
-import weakref
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
 from typing import Any, Literal
 
 import anyio
 import anyio.abc
-import msgspec
 
 from ._engine.answer import Answer, Answerer, Timings
-from ._engine.checks import check_answer_args, check_ids, check_max_new_tokens, check_meta, check_rescore
-from ._engine.core import Core, Outcome
+from ._engine.checks import check_answer_args, check_mark, check_max_new_tokens, check_rescore
+from ._engine.core import COUNTERS, Core
 from ._engine.dispatch import Dispatcher
+from ._engine.feeding import FEED_SLICE_CHARS, FEED_SLICE_TOKENS, THREAD_TOKENIZE_CHARS, Feeder  # noqa: F401
 from ._engine.intake import Intake
-from ._engine.journal import INPUTS_KEPT, Journal
-from ._engine.questions import QUESTION_KEYS_KEPT, Questions
+from ._engine.journal import INPUTS_KEPT, Journal  # noqa: F401 (the limits: importable from here too)
+from ._engine.questions import QUESTION_KEYS_KEPT, Questions  # noqa: F401
 from ._engine.queue import Pending, ScoringQueue
 from ._engine.select import Selector
 from ._engine.signals import Signals
-from ._engine.watches import MAX_EXPLAINING, Watches
+from ._engine.subscribers import MAX_SUBSCRIBERS, Subscribers  # noqa: F401
+from ._engine.watches import MAX_EXPLAINING, Watches  # noqa: F401
 from .config import EngineConfig
 from .devices import DevicePool, Replica
-from .errors import ConfigError, EngineClosedError, InputError, StateError
-from .events import Alert, Answered, ErrorEvent, Event, EventStream
+from .errors import ConfigError, EngineClosedError, StateError
+from .events import Alert, Answered, Event, EventStream
 from .inference import KeyContext
-from .metrics import Metrics
+from .metrics import EngineStats, Metrics
 from .models import wrap
 from .monitor import DEFAULT_COOLDOWN, DEFAULT_THRESHOLD, DEFAULT_WATCH_MEASURE, Threshold, WatchStats
 from .persistence import InputMark, RecoveryReport, check_state_dir
@@ -51,42 +51,8 @@ from .sources import DecodeStats
 from .store import SegmentStore
 
 __all__ = ["Answer", "Engine", "EngineStats", "Timings"]
-# (INPUTS_KEPT, MAX_EXPLAINING and QUESTION_KEYS_KEPT live with their stages; importable here too)
-_STAGE_LIMITS = (INPUTS_KEPT, MAX_EXPLAINING, QUESTION_KEYS_KEPT)
 
 log = logging.getLogger("xl3m_stream.engine")
-
-FEED_SLICE_CHARS = 1 << 16
-"""Text is tokenised in slices of this many characters, with backpressure between slices."""
-FEED_SLICE_TOKENS = 1 << 14
-THREAD_TOKENIZE_CHARS = 1 << 14
-"""Text longer than this is tokenised in a worker thread so the event loop stays responsive."""
-MAX_SUBSCRIBERS = 256
-"""``events()`` subscribers held at once (each buffers up to ``events_buffer`` events)."""
-
-
-class EngineStats(msgspec.Struct, frozen=True, kw_only=True):
-    """Counters, readable at any time with ``engine.stats()``."""
-
-    tokens_in: int
-    segments_cut: int
-    segments_scored: int
-    segments_failed: int
-    batches: int
-    pending_segments: int
-    inflight_batches: int
-    store_segments: int
-    store_tokens: int
-    scoring_seconds: float
-    scored_tokens: int
-    asks: int
-    errors: int
-
-    @classmethod
-    def of(cls, metrics: Metrics) -> EngineStats:
-        """The stats in ``metrics`` (``pending_segments`` is its ``queue_depth``)."""
-        names = {f.name for f in msgspec.structs.fields(cls)} - {"pending_segments"}
-        return cls(pending_segments=metrics.queue_depth, **{n: getattr(metrics, n) for n in names})
 
 
 class Engine:
@@ -108,13 +74,9 @@ class Engine:
         self._tg: anyio.abc.TaskGroup | None = None
         self._dispatch: Dispatcher | None = None
         self._journal: Journal | None = None
-        self._closed = False
-        self._started = False
-        # held weakly: a subscriber its owner dropped (`async for ...: break`) goes with it
-        self._subscribers: weakref.WeakSet[EventStream] = weakref.WeakSet()
-        self._counters = dict.fromkeys(
-            ("segments_cut", "segments_scored", "segments_failed", "batches", "scored_tokens", "asks", "errors"), 0
-        )
+        self._closed = self._started = False
+        self._subscribers = Subscribers(self.config.events_buffer)
+        self._counters = dict.fromkeys(COUNTERS, 0)
 
     # ------------------------------------------------------------------ lifecycle
     async def __aenter__(self) -> Engine:
@@ -137,8 +99,6 @@ class Engine:
             self._pool = await anyio.to_thread.run_sync(DevicePool.load, cfg)
         first = self._pool.first
         tok = self._tokenizer = first.scoring_model.tokenizer
-        self._intake_lock = anyio.Lock()  # held for one intake step (a feed slice, a flush)
-        self._feeding = anyio.Lock()  # held for a whole feed or flush: each arrives whole
         self._intake = Intake(cfg, tok, self.decode_stats)
         self._queue = ScoringQueue(cfg.max_pending_segments, keep_unscored=cfg.state_dir is not None)
         self._store = SegmentStore(cfg.store_segments, cfg.store_tokens)
@@ -148,9 +108,9 @@ class Engine:
         self._signals = Signals(cfg, tok, self._dispatch, dense=dense, cut_before=lambda: segmenter.next_seq)
         self._questions = Questions(cfg, first.scorer, first.scoring_model.window)
         self._watches = Watches(self._questions, self._signals, tok)
-        self._journal = Journal(
-            cfg, self._intake, self._queue, self._store, self._questions, self._signals, self._counters
-        )
+        self._journal = Journal(cfg, self._intake, self._queue, self._store, self._questions, self._signals,
+                                self._counters)  # fmt: skip
+        self._feeder = Feeder(self._intake, self._journal, self._queue, self._counters, len(tok), lambda: self._closed)
         self._core = Core(cfg, self._intake, self._queue, self._dispatch, self._signals, self._store,
                           self._questions, self._watches, self._journal, self._counters)  # fmt: skip
         self._answerer = Answerer(cfg, self._pool, tok, self._spawn)
@@ -163,11 +123,11 @@ class Engine:
         self._tg.start_soon(self._batch_loop)
         if cfg.state_dir is not None:
             try:
-                await self._journal.open(first.scoring_model.name, self._backpressure)
+                await self._journal.open(first.scoring_model.name, self._feeder.backpressure)
             except BaseException:
                 await self.aclose()  # (the task group must be left in this scope: no shield around it)
                 raise
-            self._tg.start_soon(self._journal.run, self._intake_lock, self._state_failed)
+            self._tg.start_soon(self._journal.run, self._feeder.step, self._emit)
 
     async def aclose(self) -> None:
         """Stop background work (unscored segments are dropped, unless a ``state_dir`` keeps
@@ -183,9 +143,8 @@ class Engine:
                 self._tg = None
         if self._journal is not None and self._journal.state is not None:
             with anyio.CancelScope(shield=True):
-                await self._journal.close(self._intake_lock)
-        for sub in list(self._subscribers):
-            sub.close()
+                await self._journal.close(self._feeder.step)
+        self._subscribers.close()
         if self._dispatch is not None:
             await self._dispatch.aclose()
         if self._pool is not None:
@@ -203,8 +162,7 @@ class Engine:
 
     def _check_writable(self) -> None:
         self._check_open()
-        if self._journal is not None and self._journal.state is not None:
-            self._journal.state.check_writable()
+        self._journal.check_writable()  # type: ignore[union-attr]
 
     # ------------------------------------------------------------------ intake
     async def feed(self, data: str | bytes | Sequence[int] | Any) -> int:
@@ -220,75 +178,7 @@ class Engine:
         calls got the turn, and no token is split between two of them.
         """
         self._check_writable()
-        async with self._feeding:
-            return await self._feed(data)
-
-    async def _feed(self, data: str | bytes | Sequence[int] | Any) -> int:
-        intake, journal = self._intake, self._journal
-        assert journal is not None
-        meta = None
-        text = getattr(data, "text", None)
-        if isinstance(text, str) and not isinstance(data, (str, bytes, bytearray, memoryview)):  # a TextChunk
-            meta = getattr(data, "meta", None)
-            data = text
-            if meta is not None:
-                check_meta(meta)  # it goes to segments, events and the log: refuse it before anything is taken
-        if isinstance(data, (bytes, bytearray, memoryview)):
-            data = intake.bytes.decode(bytes(data))  # one decoder: a character split across feeds survives
-            if not data and journal.state is not None:  # only part of a character: log its bytes
-                async with self._intake_lock:
-                    journal.log(intake.position, ())
-                await journal.commit()
-        elif isinstance(data, str):
-            await self._end_bytes()
-        if isinstance(data, str):
-            taken = 0
-            for start in range(0, len(data), FEED_SLICE_CHARS):
-                taken += await self._take_text(data[start : start + FEED_SLICE_CHARS], meta)
-            await journal.commit()
-            return taken
-        if isinstance(data, Sequence):
-            ids = check_ids(data, len(self._tokenizer))
-            await self._end_bytes()
-            async with self._intake_lock:
-                pos = intake.position
-                head, ends, cut = intake.flush_text()  # text fed earlier comes first
-                self._put(cut)
-                journal.log(pos, head, ends, end_doc=True)
-            for start in range(0, len(ids), FEED_SLICE_TOKENS):
-                async with self._intake_lock:
-                    pos = intake.position
-                    self._put(intake.take_ids(ids[start : start + FEED_SLICE_TOKENS]))
-                    journal.log(pos, ids[start : start + FEED_SLICE_TOKENS])
-                await self._backpressure()
-            await journal.commit()
-            return len(head) + len(ids)
-        raise InputError(f"feed() takes str, bytes, token ids or a TextChunk, not {type(data).__name__}")
-
-    async def _end_bytes(self) -> None:
-        """Before text or ids that did not come as bytes: end a character the bytes fed before left
-        incomplete (U+FFFD, counted in ``decode_stats.replaced``), so it cannot land after them."""
-        if self._intake.bytes.held:
-            await self._take_text(self._intake.bytes.final())
-
-    async def _take_text(self, text: str, meta: dict[str, Any] | None = None) -> int:
-        assert self._journal is not None
-        async with self._intake_lock:
-            pos = self._intake.position
-            if len(text) > THREAD_TOKENIZE_CHARS:
-                ids, ends = await anyio.to_thread.run_sync(self._intake.tokenize, text)
-            else:
-                ids, ends = self._intake.tokenize(text)
-            self._put(self._intake.take_text(text, meta, ids, ends))
-            self._journal.log(pos, ids, ends, text=text, meta=meta)
-        await self._backpressure()
-        return len(ids)
-
-    def _put(self, items: list[Pending]) -> None:
-        self._counters["segments_cut"] += self._queue.put(items)
-
-    async def _backpressure(self) -> None:
-        await self._queue.backpressure(lambda: self._closed)
+        return await self._feeder.feed(data)
 
     async def process(self, source: AsyncIterable[Any] | Iterable[Any], *, flush: bool = True) -> int:
         """Consume a whole source (str / bytes / token-id lists / TextChunk items), with backpressure.
@@ -297,40 +187,22 @@ class Engine:
         call returns once every segment is scored. Returns the tokens taken in.
         """
         self._check_open()
-        total = 0
-        if isinstance(source, AsyncIterable):
-            async for item in source:
-                total += await self.feed(item)
-        else:
-            for item in source:
-                total += await self.feed(item)
-        if flush:
-            total += await self.flush()
-        return total
+        total = await self._feeder.process(source, self.feed)
+        return total + (await self.flush() if flush else 0)
 
     async def flush(self) -> int:
         """End the current segment (the stream's tail becomes a short segment) and wait until
         everything fed so far is scored. Returns the tokens this released."""
         self._check_writable()
-        assert self._journal is not None
-        async with self._feeding:  # (never between the slices of a feed)
-            await self._end_bytes()  # an incomplete character at the end: U+FFFD, counted
-            async with self._intake_lock:
-                pos = self._intake.position
-                ids, ends, cut = self._intake.flush_text()
-                self._put(cut + self._intake.cut_tail())
-                self._journal.log(pos, ids, ends, end_doc=True, cut=True)
-                self._queue.wake()
-        await self._journal.commit()
+        released = await self._feeder.flush()
         await self.drain()
-        return len(ids)
+        return released
 
     async def drain(self) -> None:
         """Wait until every segment cut so far has been scored (or has failed)."""
         self._check_open()
         await self._queue.drain(self._intake.segmenter.next_seq - 1)
 
-    # ------------------------------------------------------------------ scoring
     def _set_question(self, question: str | None) -> None:
         self._core.explicit = None if question is None else self._questions.encode(question)
         self._intake.rolling = self._core.explicit is None
@@ -348,28 +220,25 @@ class Engine:
         assert dispatch is not None
         while True:
             batch = await self._queue.next_batch(cfg.batch_size, cfg.batch_wait_ms)
-            await dispatch.slots.acquire()
-            dispatch.inflight += 1
+            await dispatch.acquire()  # a batch in flight per free slot
             self._spawn(self._score_batch, batch)
 
     async def _score_batch(self, batch: list[Pending]) -> None:
         assert self._dispatch is not None
         try:
-            outcome: Outcome = await self._core.score_batch(batch)
+            outcome = await self._core.score_batch(batch)
             for event in outcome.events:
                 self._emit(event)
             for alert, _segment in outcome.explain:
                 self._spawn(self._explain, alert)
         finally:
             self._queue.done(batch)
-            self._dispatch.inflight -= 1
-            self._dispatch.slots.release()
+            self._dispatch.release()
 
     # ------------------------------------------------------------------ asking
     async def key_context(self, question: str | None = None, *, rescore: str | None = None) -> KeyContext:
         """The selected context for ``question`` without generating: hand it to any reader."""
-        selection, _ = await self._select(question, rescore, None)
-        return selection.context
+        return (await self._select(question, rescore, None))[0].context
 
     async def ask(
         self, question: str | None = None, *, rescore: str | None = None, max_new_tokens: int | None = None
@@ -378,12 +247,12 @@ class Engine:
         check_max_new_tokens(max_new_tokens)
         started = time.perf_counter()
         sel, waited = await self._select(question, rescore, max_new_tokens)
-        ctx = sel.context
-        answer = await self._answerer.read(ctx, sel.prompt, max_new_tokens, started, rescored=sel.rescored,
+        answer = await self._answerer.read(sel.context, sel.prompt, max_new_tokens, started, rescored=sel.rescored,
                                            wait_s=waited, rescore_s=sel.rescore_s)  # fmt: skip
         self._counters["asks"] += 1
-        segments = [s.seq for s in ctx.segments if not s.local]
-        self._emit(Answered(time=time.time(), question=ctx.question, seconds=answer.timings.total_s, segments=segments))
+        seqs = [s.seq for s in answer.segments if not s.local]
+        done = Answered(time=time.time(), question=answer.question, seconds=answer.timings.total_s, segments=seqs)
+        self._emit(done)
         return answer
 
     async def ask_stream(
@@ -459,8 +328,8 @@ class Engine:
         stricter threshold, e.g. ``"z4"``); ``"auto"``: 0.2 for a certainty measure, off for
         ``dense`` and ``fused``. ``cooldown``: crossings within that many segments
         of the last one do not alert again. ``explain``: the reader answers the question from
-        the alerting segment,
-        off the scoring path, and the alert is emitted with that answer as ``explanation``.
+        the alerting segment, off the scoring path, and the alert is emitted with that answer
+        as ``explanation``.
         All watched questions share one pass per batch: each segment is computed once and
         its KV cache reused for every question. See docs/MONITORING.md. Returns the watch id
         (``Alert.question_index``).
@@ -493,21 +362,16 @@ class Engine:
             self._watches.end_explaining()
 
     # ------------------------------------------------------------------ persistence (state_dir)
-    def _state_failed(self, message: str) -> None:
-        self._counters["errors"] += 1
-        self._emit(ErrorEvent(time=time.time(), kind="state", message=message))
-
     def _need_state(self, call: str, why: str = "") -> Journal:
         self._check_open()
-        assert self._journal is not None
-        if self._journal.state is None:
+        if self._journal is None or self._journal.state is None:
             raise StateError(f"{call} needs a state_dir (EngineConfig.state_dir){why}")
         return self._journal
 
     async def checkpoint(self) -> None:
         """Write a snapshot to ``state_dir`` now (also done every ``snapshot_every_s`` or
         ``snapshot_every_segments``, and at close): a restart then replays less of the log."""
-        await self._need_state("checkpoint()").write_snapshot(self._intake_lock)
+        await self._need_state("checkpoint()").write_snapshot(self._feeder.step)
 
     async def mark_input(self, source: str, taken: int, *, complete: bool = False, digest: str = "") -> InputMark:
         """Log, in order with the stream, that the text fed from input ``source`` so far is its
@@ -515,16 +379,10 @@ class Engine:
         when the input is resumed). With :attr:`input_mark` after a restart, this is how
         ``xl3m-stream ingest`` resumes a file where the log stops instead of taking it again.
         Needs a ``state_dir``; returns the mark."""
-        journal = self._need_state("mark_input()", ": the log it writes to")
-        if not isinstance(source, str) or not source:
-            raise InputError("mark_input(): source must be a non-empty string")
-        if isinstance(taken, bool) or not isinstance(taken, int) or taken < 0:
-            raise InputError(f"mark_input(): taken must be an int >= 0, got {taken!r}")
+        self._need_state("mark_input()", ": the log it writes to")
+        check_mark(source, taken)
         self._check_writable()
-        async with self._feeding, self._intake_lock:
-            mark = journal.mark(source, taken, complete=complete, digest=digest)
-        await journal.commit()
-        return mark
+        return await self._feeder.mark(source, taken, complete=complete, digest=digest)
 
     def input_resume(self, source: str) -> tuple[InputMark | None, int]:
         """The latest mark of input ``source`` and how many of its characters the stream holds
@@ -561,14 +419,10 @@ class Engine:
         """
         journal = self._need_state("rescan()", ": the log it reads")
         assert self._dispatch is not None
-        if question is None:
-            if self._core.explicit is None:
-                raise InputError("rescan() needs a question (the engine has none set)")
-            question = self._core.explicit[0]
-        _, q_ids = self._questions.encode(question)
-        return await journal.rescan(question, q_ids, self._intake_lock, self._dispatch.score)
+        question = question if question is not None else self._core.explicit[0] if self._core.explicit else None
+        return await journal.rescan(question, self._feeder.step, self._dispatch.score)
 
-    # ------------------------------------------------------------------ events and stats
+    # ------------------------------------------------------------------ events, stats, models
     def events(self) -> EventStream:
         """Subscribe to events from now on: ``async for event in engine.events(): ...``.
 
@@ -577,35 +431,14 @@ class Engine:
         buffer. At most :data:`MAX_SUBSCRIBERS` are held at once (InputError beyond).
         """
         self._check_open()
-        if len(self._subscribers) >= MAX_SUBSCRIBERS:
-            raise InputError(
-                f"{MAX_SUBSCRIBERS} event subscribers are open: close one (or drop it) before subscribing again"
-            )
-        stream = EventStream(self.config.events_buffer, on_close=self._subscribers.discard)
-        self._subscribers.add(stream)
-        return stream
+        return self._subscribers.subscribe()
 
     def _emit(self, event: Event) -> None:
-        for sub in list(self._subscribers):
-            sub.put(event)
+        self._subscribers.emit(event)
 
     def metrics(self) -> Metrics:
         """Counters and timings, for logs and dashboards (see :mod:`xl3m_stream.metrics`)."""
-        c, dispatch = self._counters, self._dispatch
-        assert dispatch is not None
-        return Metrics(
-            time=time.time(),
-            tokens_in=self._intake.position,
-            queue_depth=len(self._queue),
-            inflight_batches=dispatch.inflight,
-            store_segments=len(self._store),
-            store_tokens=self._store.tokens,
-            scoring_seconds=dispatch.seconds,
-            scoring_latency=dispatch.latency.snapshot(),
-            watches=len(self._watches.monitor),
-            alerts=self._watches.alerts_total,
-            **c,
-        )
+        return self._core.metrics()
 
     def stats(self) -> EngineStats:
         """The main counters: a subset of :meth:`metrics`, built from it."""

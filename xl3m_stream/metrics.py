@@ -27,7 +27,7 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["LATENCY_BUCKETS", "Latency", "LatencyRecorder", "Metrics", "export_prometheus"]
+__all__ = ["LATENCY_BUCKETS", "EngineStats", "Latency", "LatencyRecorder", "Metrics", "export_prometheus"]
 
 LATENCY_BUCKETS: tuple[float, ...] = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 """Upper bounds (seconds) of the scoring-latency histogram; a last ``+Inf`` bucket is implied."""
@@ -153,6 +153,30 @@ _GAUGES = (
     ("store_tokens", "Tokens held as candidates"),
     ("watches", "Standing questions watched"),
 )
+
+
+class EngineStats(msgspec.Struct, frozen=True, kw_only=True):
+    """Counters, readable at any time with ``engine.stats()``."""
+
+    tokens_in: int
+    segments_cut: int
+    segments_scored: int
+    segments_failed: int
+    batches: int
+    pending_segments: int
+    inflight_batches: int
+    store_segments: int
+    store_tokens: int
+    scoring_seconds: float
+    scored_tokens: int
+    asks: int
+    errors: int
+
+    @classmethod
+    def of(cls, metrics: Metrics) -> EngineStats:
+        """The stats in ``metrics`` (``pending_segments`` is its ``queue_depth``)."""
+        names = {f.name for f in msgspec.structs.fields(cls)} - {"pending_segments"}
+        return cls(pending_segments=metrics.queue_depth, **{n: getattr(metrics, n) for n in names})
 
 
 class PrometheusCollector:

@@ -12,7 +12,7 @@ from ..segment import Segment
 from ..sources import MAX_JSON_DEPTH, nesting_depth
 from .answer import check_max_new_tokens
 
-__all__ = ["check_answer_args", "check_ids", "check_max_new_tokens", "check_meta", "check_rescore"]
+__all__ = ["check_answer_args", "check_ids", "check_mark", "check_max_new_tokens", "check_meta", "check_rescore"]
 
 
 def check_meta(meta: Any) -> None:
@@ -52,3 +52,10 @@ def check_rescore(policy: Any) -> str:
     if policy not in ("auto", "always", "never"):
         raise InputError(f"rescore must be 'auto', 'always' or 'never', got {policy!r}")
     return policy
+
+
+def check_mark(source: Any, taken: Any) -> None:
+    if not isinstance(source, str) or not source:
+        raise InputError("mark_input(): source must be a non-empty string")
+    if isinstance(taken, bool) or not isinstance(taken, int) or taken < 0:
+        raise InputError(f"mark_input(): taken must be an int >= 0, got {taken!r}")

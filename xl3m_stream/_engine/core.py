@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from ..config import EngineConfig
 from ..errors import ScoringError
 from ..events import Alert, ErrorEvent, Event, SegmentEvicted, SegmentKept, SegmentScored
+from ..metrics import Metrics
 from ..segment import Segment
 from ..store import SegmentStore
 from .dispatch import Dispatcher
@@ -19,6 +20,9 @@ from .questions import Questions
 from .queue import Pending, ScoringQueue
 from .signals import Signals
 from .watches import Watches
+
+COUNTERS = ("segments_cut", "segments_scored", "segments_failed", "batches", "scored_tokens", "asks", "errors")
+"""The engine's counters (one dict, shared by the stages that count; kept in snapshots)."""
 
 
 @dataclass
@@ -114,3 +118,20 @@ class Core:
         self._counters["batches"] += 1
         self._counters["scored_tokens"] += sum(s.n_tokens for s in segments)
         return out
+
+    def metrics(self) -> Metrics:
+        """Counters and timings of every stage (see :mod:`xl3m_stream.metrics`)."""
+        dispatch = self._dispatch
+        return Metrics(
+            time=time.time(),
+            tokens_in=self._intake.position,
+            queue_depth=len(self._queue),
+            inflight_batches=dispatch.inflight,
+            store_segments=len(self._store),
+            store_tokens=self._store.tokens,
+            scoring_seconds=dispatch.seconds,
+            scoring_latency=dispatch.latency.snapshot(),
+            watches=len(self._watches.monitor),
+            alerts=self._watches.alerts_total,
+            **self._counters,
+        )

@@ -44,6 +44,15 @@ class Dispatcher:
         self.seconds = 0.0
         self.latency = LatencyRecorder()
 
+    async def acquire(self) -> None:
+        """Wait for a free slot, then count a batch in flight (:meth:`release` when it is done)."""
+        await self.slots.acquire()
+        self.inflight += 1
+
+    def release(self) -> None:
+        self.inflight -= 1
+        self.slots.release()
+
     async def score(self, segments: list[Segment], question: tuple[int, ...]) -> Scores:
         """Score against one question (see :meth:`score_many`)."""
         return (await self.score_many(segments, [question]))[0]

@@ -18,7 +18,8 @@ import anyio
 import msgspec
 
 from ..config import EngineConfig
-from ..errors import StateError
+from ..errors import InputError, StateError
+from ..events import ErrorEvent, Event
 from ..persistence import (
     FORMAT_VERSION,
     EngineSnapshot,
@@ -193,6 +194,11 @@ class Journal:
                 mark=mark,
             )
 
+    def check_writable(self) -> None:
+        """StateError when the state dir cannot take more (a failed write stopped intake)."""
+        if self.state is not None:
+            self.state.check_writable()
+
     async def commit(self) -> None:
         """``fsync="always"``: put what was logged on stable storage before ``feed`` returns."""
         state = self.state
@@ -255,9 +261,9 @@ class Journal:
                 state.scored_since_snapshot = 0
             await anyio.to_thread.run_sync(state.write_snapshot, snap)
 
-    async def run(self, intake_lock: anyio.Lock, report: Callable[[str], None]) -> None:
+    async def run(self, intake_lock: anyio.Lock, report: Callable[[Event], None]) -> None:
         """Background durability: fsync the log as the policy says, write periodic snapshots.
-        ``report(message)``: a failure (e.g. disk full: the log still holds everything)."""
+        A failure (e.g. disk full: the log still holds everything) is counted and reported."""
         cfg = self._config
         state = self.state
         assert state is not None
@@ -273,7 +279,8 @@ class Journal:
                     await self.write_snapshot(intake_lock)
             except (OSError, StateError) as exc:
                 log.error("state %s: %s", state.path, exc)
-                report(str(exc))
+                self._counters["errors"] += 1
+                report(ErrorEvent(time=time.time(), kind="state", message=str(exc)))
                 await anyio.sleep(tick)
 
     async def close(self, intake_lock: anyio.Lock) -> None:
@@ -323,15 +330,15 @@ class Journal:
 
     # -- re-scan ----------------------------------------------------------------------------
     async def rescan(
-        self,
-        question: str,
-        q_ids: tuple[int, ...],
-        intake_lock: anyio.Lock,
-        score: Callable[[list[Any], tuple[int, ...]], Any],
+        self, question: str | None, intake_lock: anyio.Lock, score: Callable[[list[Any], tuple[int, ...]], Any]
     ) -> int:
-        """Score every logged segment against ``question`` and refill the store with the best
-        (see ``Engine.rescan``); StateError, the store left as it was, if the log is damaged."""
+        """Score every logged segment against ``question`` (None: InputError, the engine has no
+        question set) and refill the store with the best (see ``Engine.rescan``); StateError,
+        the store left as it was, if the log is damaged."""
         assert self.state is not None
+        if question is None:
+            raise InputError("rescan() needs a question (the engine has none set)")
+        _, q_ids = self._questions.encode(question)
         cfg = self._config
         key = self._questions.key(q_ids)
         async with intake_lock:
