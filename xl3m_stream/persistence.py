@@ -46,10 +46,11 @@ from typing import Any, BinaryIO, Literal
 
 import msgspec
 
+from ._version import __version__
 from .errors import StateError
 from .relevance import LexicalState
 from .segment import Segment
-from .segmenter import MetaIndexState, Segmenter, SegmenterState
+from .segmenter import MetaIndex, MetaIndexState, Segmenter, SegmenterState
 from .sources import DecodeStats
 from .store import SegmentStore, StoreSnapshot
 from .tokenizer import CONTEXT_CHARS, TokenizerState
@@ -819,8 +820,6 @@ class StateDir:
             os.pwrite(lock_fd, f"{os.getpid()}\n".encode(), 0)
             meta = read_meta(folder)
             if meta is None:
-                from . import __version__
-
                 meta = StateMeta(
                     kind=STATE_KIND,
                     version=FORMAT_VERSION,
@@ -1192,8 +1191,6 @@ class LogReader:
     """
 
     def __init__(self, path: str | os.PathLike[str], *, keep_ids: bool = False, upto_records: int | None = None):
-        from .segmenter import MetaIndex
-
         meta = read_meta(path)
         if meta is None:
             raise StateError(f"state dir {path} holds no state")
