@@ -307,7 +307,7 @@ def test_unreadable_meta_or_log_header_is_a_state_error(tmp_path: Path) -> None:
 
 
 def test_no_pickle_and_safe_model_loading_in_the_package() -> None:
-    root = Path(P.__file__).parent
+    root = Path(P.__file__).parent.parent  # the xl3m_stream package (persistence is a subpackage)
     sources = {p: p.read_text(encoding="utf-8") for p in root.rglob("*.py")}
     for path, text in sources.items():
         for banned in ("import pickle", "from pickle", "cPickle", "import dill", "joblib", "torch.load(", "marshal."):
@@ -561,7 +561,7 @@ async def test_fsync_policies(tiny_model_dir, tmp_path: Path, anyio_backend, mon
         calls.append((st.st_ino, st.st_size))
         real_fsync(fd)
 
-    monkeypatch.setattr(P.os, "fsync", fsync)
+    monkeypatch.setattr(os, "fsync", fsync)
     for policy in ("always", "never"):
         async with Engine(config(tiny_model_dir, tmp_path / policy, fsync=policy)) as engine:
             log_file = tmp_path / policy / "segments.log"
@@ -587,18 +587,18 @@ async def test_a_failing_disk_stops_intake_and_loses_nothing(
     async with Engine(config(tiny_model_dir, state)) as engine:
         await engine.feed(TEXT[:400])
         acknowledged = read_stream(state)
-        real_write = P._write_all
+        real_write = P.statedir._write_all  # what StateDir.append writes the log with
 
         def full(fd, data):
             raise OSError(errno.ENOSPC, "No space left on device")
 
-        monkeypatch.setattr(P, "_write_all", full)
+        monkeypatch.setattr(P.statedir, "_write_all", full)
         with pytest.raises(StateError, match="No space left on device"):
             await engine.feed(TEXT[400:800])
         with pytest.raises(StateError, match="no more input is taken"):
             await engine.feed("more")
         assert (await engine.ask("What is the pass key?")).segments  # what it holds still answers
-        monkeypatch.setattr(P, "_write_all", real_write)
+        monkeypatch.setattr(P.statedir, "_write_all", real_write)
     got = read_stream(state)
     assert got.ids == acknowledged.ids and got.chars == acknowledged.chars == 400
     async with Engine(config(tiny_model_dir, state)) as engine:

@@ -12,6 +12,7 @@ answered. Every public name is re-exported here::
         answer = await engine.ask("Which service failed?")
 """
 
+from ._version import __version__
 from .config import DEFAULT_MODEL, EngineConfig
 from .engine import Answer, Engine, EngineStats, Timings
 from .errors import (
@@ -41,8 +42,6 @@ from .monitor import Threshold, WatchStats
 from .persistence import RecoveryReport
 from .segment import Segment
 from .sync import SyncEngine
-
-__version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_MODEL",
