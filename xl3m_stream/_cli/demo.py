@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from .output import Progress, answer_json, want_progress
@@ -61,13 +62,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
                     f"{engine.reader_name}), key at depth {depth:.2f}",
                     file=sys.stderr,
                 )
-            done = 0
             with Progress(show, doc.chars, "streaming", unit="chars") as bar:
-                for piece in doc.pieces(1 << 15):
-                    await engine.feed(piece)
-                    done += len(piece)
-                    bar.update(done, engine.stream_tokens)
-                await engine.flush()
+
+                def pieces() -> Iterator[str]:
+                    """The document in pieces for ``Engine.process``; the bar moves once each is fed."""
+                    done = 0
+                    for piece in doc.pieces(1 << 15):
+                        yield piece
+                        done += len(piece)
+                        bar.update(done, engine.stream_tokens)
+
+                await engine.process(pieces(), flush=True)
                 bar.update(doc.chars, engine.stream_tokens)
             ingested = time.perf_counter()
             answer = await engine.ask(doc.question)

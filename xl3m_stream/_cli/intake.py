@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import AsyncIterator
 from typing import Any
 
 from .output import Progress
@@ -24,16 +25,21 @@ async def feed_input(engine: Any, args: argparse.Namespace, stats: Any, show: bo
     else:
         source = read_text(args.path, stats=stats)
     resume = Resume(engine, args) if engine.recovery is not None and args.path != "-" else None
-    with Progress(show, total, "reading") as bar:
+
+    async def unheld() -> AsyncIterator[Any]:
+        """The input's chunks (their parts) the state does not hold yet, for ``Engine.process``."""
         async with aclosing(source) as chunks:
             async for chunk in chunks:
                 if resume is not None and (chunk := await resume.take(chunk)) is None:
                     continue  # the state already holds it
-                await engine.feed(chunk)
-                bar.update(stats.bytes_read, engine.stream_tokens)
+                yield chunk
+                bar.update(stats.bytes_read, engine.stream_tokens)  # (process has fed it)
         if resume is not None:
-            await resume.finish()
-        await engine.flush()
+            await resume.finish()  # at the input's end, before process flushes: as a loop of feeds did
+
+    with Progress(show, total, "reading") as bar:
+        async with aclosing(unheld()) as chunks:
+            await engine.process(chunks, flush=True)
         bar.update(stats.bytes_read, engine.stream_tokens)
     return resume
 

@@ -7,6 +7,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from . import EXIT_ERROR
@@ -18,7 +19,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     import anyio
 
     from ..errors import InputError
-    from ..monitor import DEFAULT_WATCH_MEASURE, SIGNAL_MEASURES, Monitor
+    from ..monitor import DEFAULT_WATCH_MEASURE, SIGNAL_MEASURES, check_watch_options
 
     questions = list(args.questions)
     if any(not q.strip() for q in questions):
@@ -37,7 +38,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
         options["min_overlap"] = None
     if args.explain:
         options["explain"] = True
-    Monitor().add(questions[0], **options)  # check the options before loading a model
+    check_watch_options(questions[0], **options)  # before loading a model
     engine_measure = {"measure": measure}
     if measure in SIGNAL_MEASURES:  # a watch's signal only: the engine keeps its certainty measure
         args.measure, engine_measure = None, {}
@@ -111,23 +112,30 @@ async def _watch(
                         await send.send(chunk)
 
             tg.start_soon(pump)
-            fed = False  # tokens fed since the last flush
-            async with receive:
-                while True:
-                    chunk = None
-                    with anyio.move_on_after(args.flush_after or math.inf):
-                        try:
-                            chunk = await receive.receive()
-                        except anyio.EndOfStream:
-                            break
-                    if chunk is None:  # the log is quiet: score what is pending now
-                        if fed:
-                            await engine.flush()
-                            fed = False
-                        continue
-                    await engine.feed(chunk)
-                    fed = True
-            await engine.flush()
+
+            async def arriving() -> AsyncIterator[Any]:
+                """The log's chunks for ``Engine.process``. When the log has been quiet for
+                ``--flush-after`` seconds since a chunk was fed, what is pending is scored first
+                (a flush between two feeds: ``process`` is waiting for the next chunk)."""
+                fed = False  # tokens fed since the last flush
+                async with receive:
+                    while True:
+                        chunk = None
+                        with anyio.move_on_after(args.flush_after or math.inf):
+                            try:
+                                chunk = await receive.receive()
+                            except anyio.EndOfStream:
+                                return
+                        if chunk is None:  # the log is quiet: score what is pending now
+                            if fed:
+                                await engine.flush()
+                                fed = False
+                            continue
+                        yield chunk  # (outside the cancel scope: it is not held across the feed)
+                        fed = True
+
+            async with aclosing(arriving()) as chunks:
+                await engine.process(chunks, flush=True)
             await engine.explained()
             events.close()
         m = engine.metrics()
