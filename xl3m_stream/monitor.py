@@ -44,6 +44,7 @@ __all__ = [
     "DEFAULT_WATCH_MEASURE",
     "DEFAULT_WINDOW",
     "SIGNAL_MEASURES",
+    "WATCH_MEASURES",
     "Decision",
     "Lexicon",
     "Monitor",
@@ -51,6 +52,7 @@ __all__ = [
     "Threshold",
     "Watch",
     "WatchStats",
+    "check_watch_options",
 ]
 
 WATCH_MEASURES = (*MEASURES, "dense", "fused")
@@ -237,6 +239,56 @@ class WatchStats(msgspec.Struct, frozen=True, kw_only=True):
     max: float | None
 
 
+def check_watch_options(
+    question: str,
+    *,
+    threshold: str | float | Threshold = DEFAULT_THRESHOLD,
+    measure: str = DEFAULT_WATCH_MEASURE,
+    warmup: int | None = None,
+    cooldown: int = DEFAULT_COOLDOWN,
+    min_score: float | None = None,
+    min_overlap: float | Literal["auto"] | None = AUTO,
+    explain: bool = False,
+    window: int = DEFAULT_WINDOW,
+) -> Watch:
+    """Check a standing question and its options as :meth:`Monitor.add` does, registering
+    nothing (the CLI checks them before it loads a model); returns the :class:`Watch` they
+    make, with ``id`` 0 and the defaults resolved. Raises InputError on a bad value, with the
+    message :meth:`Monitor.add` gives (it calls this).
+    """
+    if not isinstance(question, str) or not question.strip():
+        raise InputError("a watched question must be a non-empty string")
+    spec = Threshold.parse(threshold)
+    if measure not in WATCH_MEASURES:
+        raise InputError(f"measure must be one of {', '.join(WATCH_MEASURES)}, got {measure!r}")
+    if warmup is None:
+        warmup = spec.default_warmup()
+    for name, value, least in (("warmup", warmup, 0), ("cooldown", cooldown, 0), ("window", window, 2)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise InputError(f"{name} must be an integer >= {least}, got {value!r}")
+    if min_score is not None and not (isinstance(min_score, (int, float)) and math.isfinite(min_score)):
+        raise InputError(f"min_score must be a finite number or None, got {min_score!r}")
+    if min_overlap == AUTO:
+        min_overlap = None if measure in SIGNAL_MEASURES else DEFAULT_MIN_OVERLAP
+    if min_overlap is not None:
+        if isinstance(min_overlap, bool) or not isinstance(min_overlap, (int, float)) or not 0 <= min_overlap <= 1:
+            raise InputError(f"min_overlap must be between 0 and 1 or None, got {min_overlap!r}")
+        if not Lexicon(question).terms:
+            raise InputError(f"question {question!r} has no words for the lexical gate (use min_overlap=None)")
+    return Watch(
+        id=0,
+        question=question,
+        threshold=spec,
+        measure=measure,
+        warmup=warmup,
+        cooldown=cooldown,
+        min_score=None if min_score is None else float(min_score),
+        min_overlap=None if min_overlap is None else float(min_overlap),
+        explain=bool(explain),
+        window=window,
+    )
+
+
 class _State:
     __slots__ = ("alerts", "fusion", "last_crossing", "lexicon", "scores", "suppressed")
 
@@ -273,41 +325,22 @@ class Monitor:
         """Register a standing question; returns its :class:`Watch` (``.id`` names it).
 
         ``warmup=None`` picks :meth:`Threshold.default_warmup`; ``min_overlap="auto"`` the gate
-        of the measure (:data:`AUTO`). Raises InputError on a bad value.
+        of the measure (:data:`AUTO`). Raises InputError on a bad value (see
+        :func:`check_watch_options`, which checks them).
         """
-        if not isinstance(question, str) or not question.strip():
-            raise InputError("a watched question must be a non-empty string")
-        spec = Threshold.parse(threshold)
-        if measure not in WATCH_MEASURES:
-            raise InputError(f"measure must be one of {', '.join(WATCH_MEASURES)}, got {measure!r}")
-        if warmup is None:
-            warmup = spec.default_warmup()
-        for name, value, least in (("warmup", warmup, 0), ("cooldown", cooldown, 0), ("window", window, 2)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                raise InputError(f"{name} must be an integer >= {least}, got {value!r}")
-        if min_score is not None and not (isinstance(min_score, (int, float)) and math.isfinite(min_score)):
-            raise InputError(f"min_score must be a finite number or None, got {min_score!r}")
-        if min_overlap == AUTO:
-            min_overlap = None if measure in SIGNAL_MEASURES else DEFAULT_MIN_OVERLAP
-        lexicon = None
-        if min_overlap is not None:
-            if isinstance(min_overlap, bool) or not isinstance(min_overlap, (int, float)) or not 0 <= min_overlap <= 1:
-                raise InputError(f"min_overlap must be between 0 and 1 or None, got {min_overlap!r}")
-            lexicon = Lexicon(question)
-            if not lexicon.terms:
-                raise InputError(f"question {question!r} has no words for the lexical gate (use min_overlap=None)")
-        watch = Watch(
-            id=self._next_id,
-            question=question,
-            threshold=spec,
+        checked = check_watch_options(
+            question,
+            threshold=threshold,
             measure=measure,
             warmup=warmup,
             cooldown=cooldown,
-            min_score=None if min_score is None else float(min_score),
-            min_overlap=None if min_overlap is None else float(min_overlap),
-            explain=bool(explain),
+            min_score=min_score,
+            min_overlap=min_overlap,
+            explain=explain,
             window=window,
         )
+        watch = msgspec.structs.replace(checked, id=self._next_id)
+        lexicon = Lexicon(question) if watch.min_overlap is not None else None
         self._next_id += 1
         self._watches[watch.id] = watch
         self._states[watch.id] = _State(window, lexicon)
