@@ -1076,7 +1076,7 @@ EXPECTED_MODULES: dict[str, list[str]] = {
         "read_text",
     ],
     "xl3m_stream.store": ["Offer", "SegmentStore", "StoreEntry", "StoreSnapshot"],
-    "xl3m_stream.sync": ["LoopThread", "SyncEngine", "SyncEventStream", "T"],
+    "xl3m_stream.sync": ["SyncEngine", "SyncEventStream", "T"],
     "xl3m_stream.testing": ["TINY_WINDOW", "build_tiny_model", "build_tiny_tokenizer"],
     "xl3m_stream.tokenizer": [
         "CONTEXT_CHARS",

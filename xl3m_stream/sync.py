@@ -1,20 +1,18 @@
 """A synchronous wrapper around :class:`~xl3m_stream.Engine` for scripts and notebooks.
 
-The engine runs on an event loop in a background thread (an anyio blocking portal); every
-method here is the async method of the same name, called through the portal. No logic is
-duplicated: this module only crosses the sync/async boundary.
+The engine runs on an event loop in a background thread (an anyio blocking portal, see
+:mod:`xl3m_stream._portal`); every method here is the engine's method of the same name, called
+through the portal. No logic is duplicated: this module only crosses the sync/async boundary.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import AbstractAsyncContextManager, AbstractContextManager
-from typing import Any, Generic, Literal, TypeVar, overload
+from typing import Any, Generic, TypeVar, overload
 
 import anyio
-from anyio.from_thread import BlockingPortal, start_blocking_portal
 
+from ._portal import LoopThread
 from .config import EngineConfig
 from .devices import Replica
 from .engine import Answer, Engine, EngineStats
@@ -26,70 +24,6 @@ from .monitor import WatchStats
 from .persistence import InputMark, RecoveryReport
 from .segment import Segment
 from .store import SegmentStore
-
-
-class LoopThread:
-    """An async context manager entered on an event loop of its own in a background thread
-    (an anyio blocking portal), for the synchronous wrappers.
-
-    It runs once: :meth:`start` enters it (again while it runs: nothing happens), :meth:`close`
-    exits it and stops the loop (again: nothing happens); starting it after that, or after a
-    start that failed, raises :class:`EngineClosedError`.
-    """
-
-    def __init__(self, target: AbstractAsyncContextManager[Any], backend: str, what: str, usage: str) -> None:
-        """``what``/``usage`` name the thing in messages: ``"engine"``, ``"SyncEngine"``."""
-        self._target = target
-        self._backend = backend
-        self._what = what
-        self._usage = usage
-        self._lock = threading.Lock()
-        self._state: Literal["new", "running", "closed"] = "new"
-        self._portal_cm: AbstractContextManager[BlockingPortal] | None = None
-        self._portal: BlockingPortal | None = None
-        self._target_cm: AbstractContextManager[Any] | None = None
-
-    def start(self) -> None:
-        with self._lock:
-            if self._state == "running":
-                return
-            if self._state == "closed":
-                raise EngineClosedError(f"this {self._what} was closed (it runs once): create a new one")
-            self._state = "closed"  # unless everything below works
-            portal_cm = start_blocking_portal(self._backend)
-            portal = portal_cm.__enter__()
-            try:
-                target_cm = portal.wrap_async_context_manager(self._target)
-                target_cm.__enter__()
-            except BaseException:
-                portal_cm.__exit__(None, None, None)
-                raise
-            self._portal_cm, self._portal, self._target_cm = portal_cm, portal, target_cm
-            self._state = "running"
-
-    def close(self) -> None:
-        with self._lock:
-            target_cm, self._target_cm = self._target_cm, None
-            portal_cm, self._portal_cm = self._portal_cm, None
-            self._portal = None
-            self._state = "closed"
-            try:
-                if target_cm is not None:
-                    target_cm.__exit__(None, None, None)
-            finally:
-                if portal_cm is not None:
-                    portal_cm.__exit__(None, None, None)
-
-    @property
-    def portal(self) -> BlockingPortal:
-        portal = self._portal
-        if portal is None:
-            raise EngineClosedError(f"the {self._what} is not running: use `with {self._usage}(...) as {self._what}:`")
-        return portal
-
-    def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        return self.portal.call(lambda: fn(*args, **kwargs))
-
 
 T = TypeVar("T")
 
@@ -148,9 +82,6 @@ class SyncEngine:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _require_portal(self) -> BlockingPortal:
-        return self._loop.portal
-
     def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         return self._loop.call(fn, *args, **kwargs)
 
@@ -180,27 +111,7 @@ class SyncEngine:
 
     def ask_stream(self, question: str | None = None, **kwargs: Any) -> Iterator[str]:
         """Yield answer text pieces as they are generated."""
-        portal = self._require_portal()
-        send, receive = anyio.create_memory_object_stream[str](max_buffer_size=16)
-
-        async def pump() -> None:
-            async with send:
-                async for piece in self._engine.ask_stream(question, **kwargs):
-                    await send.send(piece)
-
-        future = portal.start_task_soon(pump)
-        try:
-            while True:
-                try:
-                    piece = portal.call(receive.receive)
-                except anyio.EndOfStream:
-                    break
-                yield piece
-            future.result()  # re-raise what went wrong in the engine
-        finally:
-            if not future.done():
-                future.cancel()
-            portal.call(receive.aclose)
+        return self._loop.iterate(self._engine.ask_stream, question, **kwargs)
 
     def key_context(self, question: str | None = None, **kwargs: Any) -> KeyContext:
         return self._call(self._engine.key_context, question, **kwargs)
