@@ -255,12 +255,18 @@ def module_names(module: str) -> list[str]:
     names = getattr(mod, "__all__", None)
     if names is not None:
         return sorted(names)
+    assigned = set()  # constants assigned in the module itself (not imported from another)
+    for node in ast.parse(inspect.getsource(mod)).body:
+        targets = (
+            node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        )
+        assigned.update(t.id for t in targets if isinstance(t, ast.Name))
     out = []
     for name, obj in vars(mod).items():
         if name.startswith("_") or inspect.ismodule(obj):
             continue
         defined_here = getattr(obj, "__module__", None) == module and (isinstance(obj, type) or inspect.isfunction(obj))
-        if defined_here or (name.isupper() and not callable(obj)):
+        if defined_here or (name.isupper() and name in assigned):
             out.append(name)
     return sorted(out)
 
@@ -721,16 +727,24 @@ EXPECTED_EXPORTS: dict[str, Any] = {
         "members": {
             "__enter__": "def (self) -> 'SyncEngine'",
             "__exit__": "def (self, *exc: 'object') -> 'None'",
-            "__init__": "def (self, config: 'EngineConfig | None' = None, *, backend: 'str' "
-            "= 'asyncio', **overrides: 'Any') -> 'None'",
-            "answer_with": "def (self, segments: 'Sequence[Segment]', question: 'str', **kwargs: 'Any') -> 'Answer'",
-            "ask": "def (self, question: 'str | None' = None, **kwargs: 'Any') -> 'Answer'",
-            "ask_stream": "def (self, question: 'str | None' = None, **kwargs: 'Any') -> 'Iterator[str]'",
-            "budget_for": "def (self, question: 'str', **kwargs: 'Any') -> 'int'",
+            "__init__": "def (self, config: 'EngineConfig | None' = None, *, model: 'Any' = "
+            "None, tokenizer: 'Any' = None, backend: 'str' = 'asyncio', "
+            "**overrides: 'Any') -> 'None'",
+            "answer_with": "def (self, segments: 'Sequence[Segment]', question: 'str', *, "
+            "scores: 'Sequence[float | None] | None' = None, max_new_tokens: "
+            "'int | None' = None, budget: 'int | None' = None) -> 'Answer'",
+            "ask": "def (self, question: 'str | None' = None, *, rescore: 'str | None' = "
+            "None, max_new_tokens: 'int | None' = None) -> 'Answer'",
+            "ask_stream": "def (self, question: 'str | None' = None, *, rescore: 'str | "
+            "None' = None, max_new_tokens: 'int | None' = None) -> "
+            "'Iterator[str]'",
+            "budget_for": "def (self, question: 'str', *, max_new_tokens: 'int | None' = "
+            "None, whole_window: 'bool' = False) -> 'int'",
             "chars_taken": "property",
             "checkpoint": "def (self) -> 'None'",
             "close": "def (self) -> 'None'",
             "config": "property",
+            "decode_stats": "property",
             "drain": "def (self) -> 'None'",
             "engine": "property",
             "events": "def (self) -> 'SyncEventStream'",
@@ -740,12 +754,13 @@ EXPECTED_EXPORTS: dict[str, Any] = {
             "flush": "def (self) -> 'int'",
             "input_mark": "property",
             "input_resume": "def (self, source: 'str') -> 'tuple[InputMark | None, int]'",
-            "key_context": "def (self, question: 'str | None' = None, **kwargs: 'Any') -> 'KeyContext'",
-            "mark_input": "def (self, source: 'str', taken: 'int', **kwargs: 'Any') -> 'InputMark'",
+            "key_context": "def (self, question: 'str | None' = None, *, rescore: 'str | None' = None) -> 'KeyContext'",
+            "mark_input": "def (self, source: 'str', taken: 'int', *, complete: 'bool' = "
+            "False, digest: 'str' = '') -> 'InputMark'",
             "metrics": "def (self) -> 'Metrics'",
             "model_name": "property",
             "model_window": "property",
-            "process": "def (self, source: 'Iterable[Any]', *, flush: 'bool' = True) -> 'int'",
+            "process": "def (self, source: 'AsyncIterable[Any] | Iterable[Any]', *, flush: 'bool' = True) -> 'int'",
             "reader_name": "property",
             "reader_tokens": "def (self, text: 'str') -> 'int'",
             "reader_window": "property",
@@ -759,7 +774,11 @@ EXPECTED_EXPORTS: dict[str, Any] = {
             "stream_tokens": "property",
             "tokenizer": "property",
             "unwatch": "def (self, watch_id: 'int') -> 'None'",
-            "watch": "def (self, question: 'str', **kwargs: 'Any') -> 'int'",
+            "watch": "def (self, question: 'str', *, threshold: 'str | float | Threshold' = "
+            "'z2', measure: 'str' = 'nll', warmup: 'int | None' = None, cooldown: "
+            "'int' = 1, min_score: 'float | None' = None, min_overlap: \"float | "
+            "Literal['auto'] | None\" = 'auto', explain: 'bool' = False) -> "
+            "'int'",
             "watches": "def (self) -> 'list[WatchStats]'",
         },
     },
@@ -924,22 +943,14 @@ EXPECTED_MODULES: dict[str, list[str]] = {
     ],
     "xl3m_stream.engine": [
         "Answer",
-        "DEFAULT_COOLDOWN",
-        "DEFAULT_THRESHOLD",
-        "DEFAULT_WATCH_MEASURE",
         "Engine",
         "EngineStats",
         "FEED_SLICE_CHARS",
         "FEED_SLICE_TOKENS",
-        "FLAG_CUT",
-        "FORMAT_VERSION",
         "INPUTS_KEPT",
         "MAX_EXPLAINING",
-        "MAX_JSON_DEPTH",
         "MAX_SUBSCRIBERS",
         "QUESTION_KEYS_KEPT",
-        "SIGNALS",
-        "SIGNAL_MEASURES",
         "THREAD_TOKENIZE_CHARS",
         "Timings",
     ],
@@ -963,15 +974,7 @@ EXPECTED_MODULES: dict[str, list[str]] = {
         "SegmentKept",
         "SegmentScored",
     ],
-    "xl3m_stream.inference": [
-        "ContextSegment",
-        "GAP",
-        "KeyContext",
-        "Reader",
-        "SEPARATOR",
-        "SHORT_ANSWER_INSTRUCTION",
-        "assemble",
-    ],
+    "xl3m_stream.inference": ["ContextSegment", "GAP", "KeyContext", "Reader", "SHORT_ANSWER_INSTRUCTION", "assemble"],
     "xl3m_stream.memory": ["AgentMemory", "MEMORY_DEFAULTS", "SyncAgentMemory"],
     "xl3m_stream.metrics": ["LATENCY_BUCKETS", "Latency", "LatencyRecorder", "Metrics", "export_prometheus"],
     "xl3m_stream.models": [
@@ -1048,7 +1051,6 @@ EXPECTED_MODULES: dict[str, list[str]] = {
     "xl3m_stream.scoring": [
         "Batch",
         "Certainty",
-        "MEASURES",
         "PreparedQuestion",
         "SEPARATOR",
         "Scorer",
@@ -1163,7 +1165,6 @@ EXPECTED_MODULES: dict[str, list[str]] = {
     "xl3m_stream.evaluate.realtext": [
         "LOG_CORPUS",
         "PROSE_CORPUS",
-        "STOPWORDS",
         "UNIT_CHARS",
         "check_templates",
         "content_words",
@@ -1186,14 +1187,11 @@ EXPECTED_MODULES: dict[str, list[str]] = {
     ],
     "xl3m_stream.evaluate.runner": [
         "EvalConfig",
-        "MEASURES",
         "METHODS",
-        "REAL_TASKS",
         "Report",
         "ResultRow",
         "SampleResult",
         "SampleSignals",
-        "TASKS",
         "aggregate",
         "cpu_description",
         "cut_ids",
@@ -1234,8 +1232,9 @@ EXPECTED_IMPORTED: dict[str, dict[str, str]] = {
         "state_dir, fsync, fsync_interval_s, snapshot_every_s, "
         "snapshot_every_segments)",
         "SegmentScored": "struct (time, seq, start, end, score, scores, question_id)",
-        "SyncEngine": "class (self, config: 'EngineConfig | None' = None, *, backend: 'str' = "
-        "'asyncio', **overrides: 'Any') -> 'None'",
+        "SyncEngine": "class (self, config: 'EngineConfig | None' = None, *, model: 'Any' = None, "
+        "tokenizer: 'Any' = None, backend: 'str' = 'asyncio', **overrides: 'Any') -> "
+        "'None'",
     },
     "xl3m_stream.evaluate.baselines": {
         "default_embedder": "def () -> 'Embedder'",
@@ -1416,6 +1415,83 @@ def test_pins_cover_what_user_code_imports() -> None:
         if m not in EXPECTED_IMPORTED or set(names) - set(EXPECTED_IMPORTED[m])
     }
     assert not unpinned
+
+
+# --------------------------------------------------------------------------- SyncEngine = Engine
+ASYNC_ONLY = {"__aenter__": "__enter__", "__aexit__": "__exit__", "aclose": "close"}
+"""Engine's async-only calls and SyncEngine's counterparts (``start`` is SyncEngine's own)."""
+
+SYNC_RETURNS = {"AsyncIterator[str]": "Iterator[str]", "EventStream": "SyncEventStream", "Engine": "SyncEngine"}
+"""Return annotations that differ by nature: an async iterator becomes a blocking one."""
+
+
+def _sync_form(sig: inspect.Signature) -> tuple[list[str], str]:
+    ret = sig.return_annotation
+    return [str(p) for p in sig.parameters.values()], SYNC_RETURNS.get(ret, ret)
+
+
+def test_sync_engine_offers_every_engine_call() -> None:
+    """Every public call, property and attribute of Engine, on SyncEngine with the same signature
+    (the async-only lifecycle calls map to ASYNC_ONLY; ``__init__`` adds ``backend``)."""
+    from xl3m_stream import Engine, SyncEngine
+
+    engine = {**own_members(Engine), **dict.fromkeys(instance_attributes("Engine"), "property")}
+    sync = own_members(SyncEngine)
+    missing = sorted(ASYNC_ONLY.get(n, n) for n in engine if ASYNC_ONLY.get(n, n) not in sync)
+    assert not missing
+    for name, kind in engine.items():
+        twin = ASYNC_ONLY.get(name, name)
+        if kind == "property" or sync[twin] == "property":
+            assert sync[twin] == kind == "property", name
+            continue
+        ours = inspect.signature(getattr(SyncEngine, twin))
+        if name == "__init__":
+            ours = ours.replace(parameters=[p for p in ours.parameters.values() if p.name != "backend"])
+        assert _sync_form(ours) == _sync_form(inspect.signature(getattr(Engine, name))), name
+        assert not inspect.iscoroutinefunction(getattr(SyncEngine, twin)), name
+
+
+def test_sync_engine_new_calls_on_the_tiny_model(tiny_model_dir, tmp_path) -> None:
+    """The keyword arguments SyncEngine now spells out reach the engine; an async source is read."""
+    from helpers import tiny_config
+
+    from xl3m_stream import Alert, InputError, SyncEngine
+
+    text = "".join(f"line {i}: The grass is green. The sky is blue.\n" for i in range(30))
+    q = "What is the pass key?"
+
+    async def lines():
+        for line in text.splitlines(keepends=True)[:10]:
+            yield line
+
+    with SyncEngine(tiny_config(tiny_model_dir, state_dir=str(tmp_path / "state"))) as engine:
+        watch = engine.watch("Which service failed?", threshold=-1e9, measure="nll", warmup=0, min_overlap=None)
+        with engine.events() as events:
+            taken = engine.process(lines())  # an async iterable, read on the engine's loop
+            assert taken > 0 and engine.stream_tokens == taken
+            engine.explained()
+            got = []
+            while (event := events.get(timeout=0.5)) is not None:
+                got.append(event)
+        assert any(isinstance(e, Alert) for e in got)  # the threshold reached the watch
+        engine.unwatch(watch)
+        engine.process(text.splitlines(keepends=True)[10:])  # a plain iterable, read in this thread
+        assert engine.decode_stats.replaced == 0 and engine.chars_taken == len(text)
+        assert engine.budget_for(q, whole_window=True) >= engine.budget_for(q, max_new_tokens=1) > 0
+        answer = engine.ask(q, max_new_tokens=1, rescore="never")
+        assert answer.rescored == 0
+        assert "".join(engine.ask_stream(q, max_new_tokens=1, rescore="never")) == answer.text
+        assert engine.key_context(q, rescore="never").tokens == answer.context_tokens
+        chosen = [e.segment for e in engine.store][:2]
+        room = engine.budget_for(q, max_new_tokens=1, whole_window=True)
+        mine = engine.answer_with(chosen, q, scores=[2.5, 2.5], budget=room, max_new_tokens=1)
+        assert [c.score for c in mine.segments] == [2.5, 2.5]  # the scores reached the engine
+        with pytest.raises(InputError, match="budget"):
+            engine.answer_with(chosen, q, budget=room + 1, max_new_tokens=1)  # the budget reached the engine
+        mark = engine.mark_input("lines.txt", 30, complete=True, digest="abc")
+        assert (mark.complete, mark.digest) == (True, "abc") and engine.input_mark == mark
+        assert engine.input_resume("lines.txt") == (mark, 30)
+    assert engine.decode_stats.replaced == 0  # readable after close
 
 
 def write_pins() -> None:

@@ -7,8 +7,8 @@ through the portal. No logic is duplicated: this module only crosses the sync/as
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, Generic, TypeVar, overload
+from collections.abc import AsyncIterable, Iterable, Iterator, Sequence
+from typing import Any, Generic, Literal, TypeVar, overload
 
 import anyio
 
@@ -20,9 +20,10 @@ from .errors import EngineClosedError
 from .events import Event, EventStream
 from .inference import KeyContext
 from .metrics import Metrics
-from .monitor import WatchStats
+from .monitor import DEFAULT_COOLDOWN, DEFAULT_THRESHOLD, DEFAULT_WATCH_MEASURE, Threshold, WatchStats
 from .persistence import InputMark, RecoveryReport
 from .segment import Segment
+from .sources import DecodeStats
 from .store import SegmentStore
 
 T = TypeVar("T")
@@ -53,8 +54,18 @@ class _View(Generic[T]):
 class SyncEngine:
     """``with SyncEngine(config) as engine: engine.feed(text); print(engine.ask(q).text)``."""
 
-    def __init__(self, config: EngineConfig | None = None, *, backend: str = "asyncio", **overrides: Any) -> None:
-        self._engine = Engine(config, **overrides)
+    def __init__(
+        self,
+        config: EngineConfig | None = None,
+        *,
+        model: Any = None,
+        tokenizer: Any = None,
+        backend: str = "asyncio",
+        **overrides: Any,
+    ) -> None:
+        """As :class:`Engine` (``model``/``tokenizer``: a model object you already hold, see there);
+        ``backend``: the event loop the engine runs on in its thread (``"asyncio"`` or ``"trio"``)."""
+        self._engine = Engine(config, model=model, tokenizer=tokenizer, **overrides)
         self._loop = LoopThread(self._engine, backend, "engine", "SyncEngine")
 
     @property
@@ -88,8 +99,12 @@ class SyncEngine:
     def feed(self, data: str | bytes | Sequence[int] | Any) -> int:
         return self._call(self._engine.feed, data)
 
-    def process(self, source: Iterable[Any], *, flush: bool = True) -> int:
-        """Feed every item of a (synchronous) iterable, then flush."""
+    def process(self, source: AsyncIterable[Any] | Iterable[Any], *, flush: bool = True) -> int:
+        """Feed every item of ``source``, then flush. A synchronous iterable is read here, in the
+        calling thread (a blocking source does not stall the engine's loop); an async one is
+        read on the engine's loop."""
+        if isinstance(source, AsyncIterable):
+            return self._call(self._engine.process, source, flush=flush)
         total = 0
         for item in source:
             total += self.feed(item)
@@ -106,23 +121,39 @@ class SyncEngine:
     def set_question(self, question: str | None) -> None:
         self._call(self._engine.set_question, question)
 
-    def ask(self, question: str | None = None, **kwargs: Any) -> Answer:
-        return self._call(self._engine.ask, question, **kwargs)
+    def ask(
+        self, question: str | None = None, *, rescore: str | None = None, max_new_tokens: int | None = None
+    ) -> Answer:
+        """Answer ``question`` (see :meth:`Engine.ask`)."""
+        return self._call(self._engine.ask, question, rescore=rescore, max_new_tokens=max_new_tokens)
 
-    def ask_stream(self, question: str | None = None, **kwargs: Any) -> Iterator[str]:
-        """Yield answer text pieces as they are generated."""
-        return self._loop.iterate(self._engine.ask_stream, question, **kwargs)
+    def ask_stream(
+        self, question: str | None = None, *, rescore: str | None = None, max_new_tokens: int | None = None
+    ) -> Iterator[str]:
+        """Yield answer text pieces as they are generated (closing it early stops the generation)."""
+        return self._loop.iterate(self._engine.ask_stream, question, rescore=rescore, max_new_tokens=max_new_tokens)
 
-    def key_context(self, question: str | None = None, **kwargs: Any) -> KeyContext:
-        return self._call(self._engine.key_context, question, **kwargs)
+    def key_context(self, question: str | None = None, *, rescore: str | None = None) -> KeyContext:
+        """The selected context for ``question`` without generating (see :meth:`Engine.key_context`)."""
+        return self._call(self._engine.key_context, question, rescore=rescore)
 
-    def budget_for(self, question: str, **kwargs: Any) -> int:
+    def budget_for(self, question: str, *, max_new_tokens: int | None = None, whole_window: bool = False) -> int:
         """The key-context budget for ``question`` in the reader's tokens (see :meth:`Engine.budget_for`)."""
-        return self._call(self._engine.budget_for, question, **kwargs)
+        return self._call(self._engine.budget_for, question, max_new_tokens=max_new_tokens, whole_window=whole_window)
 
-    def answer_with(self, segments: Sequence[Segment], question: str, **kwargs: Any) -> Answer:
+    def answer_with(
+        self,
+        segments: Sequence[Segment],
+        question: str,
+        *,
+        scores: Sequence[float | None] | None = None,
+        max_new_tokens: int | None = None,
+        budget: int | None = None,
+    ) -> Answer:
         """Answer from segments you chose (see :meth:`Engine.answer_with`)."""
-        return self._call(self._engine.answer_with, segments, question, **kwargs)
+        return self._call(
+            self._engine.answer_with, segments, question, scores=scores, max_new_tokens=max_new_tokens, budget=budget
+        )
 
     def events(self) -> SyncEventStream:
         """Subscribe to events from now on (see :meth:`Engine.events`):
@@ -133,9 +164,9 @@ class SyncEngine:
         """Wait until every alert waiting for its explanation has been emitted."""
         self._call(self._engine.explained)
 
-    def mark_input(self, source: str, taken: int, **kwargs: Any) -> InputMark:
+    def mark_input(self, source: str, taken: int, *, complete: bool = False, digest: str = "") -> InputMark:
         """Record how far an input was taken (see :meth:`Engine.mark_input`)."""
-        return self._call(self._engine.mark_input, source, taken, **kwargs)
+        return self._call(self._engine.mark_input, source, taken, complete=complete, digest=digest)
 
     def input_resume(self, source: str) -> tuple[InputMark | None, int]:
         return self._call(self._engine.input_resume, source)
@@ -170,6 +201,11 @@ class SyncEngine:
     model_name: _View[str] = _View("Name of the scoring model.")
 
     @property
+    def decode_stats(self) -> DecodeStats:
+        """Counters of bytes fed: invalid UTF-8 replaced, NUL bytes removed (readable after close)."""
+        return self._engine.decode_stats
+
+    @property
     def tokenizer(self) -> Any:
         """The scoring model's tokenizer."""
         return self._engine.tokenizer
@@ -180,9 +216,30 @@ class SyncEngine:
     def metrics(self) -> Metrics:
         return self._call(self._engine.metrics)
 
-    def watch(self, question: str, **kwargs: Any) -> int:
+    def watch(
+        self,
+        question: str,
+        *,
+        threshold: str | float | Threshold = DEFAULT_THRESHOLD,
+        measure: str = DEFAULT_WATCH_MEASURE,
+        warmup: int | None = None,
+        cooldown: int = DEFAULT_COOLDOWN,
+        min_score: float | None = None,
+        min_overlap: float | Literal["auto"] | None = "auto",
+        explain: bool = False,
+    ) -> int:
         """Register a standing question (see :meth:`Engine.watch`); returns its id."""
-        return self._call(self._engine.watch, question, **kwargs)
+        return self._call(
+            self._engine.watch,
+            question,
+            threshold=threshold,
+            measure=measure,
+            warmup=warmup,
+            cooldown=cooldown,
+            min_score=min_score,
+            min_overlap=min_overlap,
+            explain=explain,
+        )
 
     def unwatch(self, watch_id: int) -> None:
         self._call(self._engine.unwatch, watch_id)
