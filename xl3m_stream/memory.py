@@ -27,12 +27,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterable, Iterable
 from typing import Any
 
+from ._portal import LoopThread
 from .config import EngineConfig
 from .engine import Answer, Engine
 from .errors import InputError
 from .inference import KeyContext
 from .sources import TextChunk, _items, _turn_fields
-from .sync import LoopThread
 
 __all__ = ["MEMORY_DEFAULTS", "AgentMemory", "SyncAgentMemory"]
 

@@ -1,20 +1,18 @@
 """A synchronous wrapper around :class:`~xl3m_stream.Engine` for scripts and notebooks.
 
-The engine runs on an event loop in a background thread (an anyio blocking portal); every
-method here is the async method of the same name, called through the portal. No logic is
-duplicated: this module only crosses the sync/async boundary.
+The engine runs on an event loop in a background thread (an anyio blocking portal, see
+:mod:`xl3m_stream._portal`); every method here is the engine's method of the same name, called
+through the portal. No logic is duplicated: this module only crosses the sync/async boundary.
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import AbstractAsyncContextManager, AbstractContextManager
+from collections.abc import AsyncIterable, Iterable, Iterator, Sequence
 from typing import Any, Generic, Literal, TypeVar, overload
 
 import anyio
-from anyio.from_thread import BlockingPortal, start_blocking_portal
 
+from ._portal import LoopThread
 from .config import EngineConfig
 from .devices import Replica
 from .engine import Answer, Engine, EngineStats
@@ -22,74 +20,11 @@ from .errors import EngineClosedError
 from .events import Event, EventStream
 from .inference import KeyContext
 from .metrics import Metrics
-from .monitor import WatchStats
+from .monitor import DEFAULT_COOLDOWN, DEFAULT_THRESHOLD, DEFAULT_WATCH_MEASURE, Threshold, WatchStats
 from .persistence import InputMark, RecoveryReport
 from .segment import Segment
+from .sources import DecodeStats
 from .store import SegmentStore
-
-
-class LoopThread:
-    """An async context manager entered on an event loop of its own in a background thread
-    (an anyio blocking portal), for the synchronous wrappers.
-
-    It runs once: :meth:`start` enters it (again while it runs: nothing happens), :meth:`close`
-    exits it and stops the loop (again: nothing happens); starting it after that, or after a
-    start that failed, raises :class:`EngineClosedError`.
-    """
-
-    def __init__(self, target: AbstractAsyncContextManager[Any], backend: str, what: str, usage: str) -> None:
-        """``what``/``usage`` name the thing in messages: ``"engine"``, ``"SyncEngine"``."""
-        self._target = target
-        self._backend = backend
-        self._what = what
-        self._usage = usage
-        self._lock = threading.Lock()
-        self._state: Literal["new", "running", "closed"] = "new"
-        self._portal_cm: AbstractContextManager[BlockingPortal] | None = None
-        self._portal: BlockingPortal | None = None
-        self._target_cm: AbstractContextManager[Any] | None = None
-
-    def start(self) -> None:
-        with self._lock:
-            if self._state == "running":
-                return
-            if self._state == "closed":
-                raise EngineClosedError(f"this {self._what} was closed (it runs once): create a new one")
-            self._state = "closed"  # unless everything below works
-            portal_cm = start_blocking_portal(self._backend)
-            portal = portal_cm.__enter__()
-            try:
-                target_cm = portal.wrap_async_context_manager(self._target)
-                target_cm.__enter__()
-            except BaseException:
-                portal_cm.__exit__(None, None, None)
-                raise
-            self._portal_cm, self._portal, self._target_cm = portal_cm, portal, target_cm
-            self._state = "running"
-
-    def close(self) -> None:
-        with self._lock:
-            target_cm, self._target_cm = self._target_cm, None
-            portal_cm, self._portal_cm = self._portal_cm, None
-            self._portal = None
-            self._state = "closed"
-            try:
-                if target_cm is not None:
-                    target_cm.__exit__(None, None, None)
-            finally:
-                if portal_cm is not None:
-                    portal_cm.__exit__(None, None, None)
-
-    @property
-    def portal(self) -> BlockingPortal:
-        portal = self._portal
-        if portal is None:
-            raise EngineClosedError(f"the {self._what} is not running: use `with {self._usage}(...) as {self._what}:`")
-        return portal
-
-    def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        return self.portal.call(lambda: fn(*args, **kwargs))
-
 
 T = TypeVar("T")
 
@@ -119,8 +54,18 @@ class _View(Generic[T]):
 class SyncEngine:
     """``with SyncEngine(config) as engine: engine.feed(text); print(engine.ask(q).text)``."""
 
-    def __init__(self, config: EngineConfig | None = None, *, backend: str = "asyncio", **overrides: Any) -> None:
-        self._engine = Engine(config, **overrides)
+    def __init__(
+        self,
+        config: EngineConfig | None = None,
+        *,
+        model: Any = None,
+        tokenizer: Any = None,
+        backend: str = "asyncio",
+        **overrides: Any,
+    ) -> None:
+        """As :class:`Engine` (``model``/``tokenizer``: a model object you already hold, see there);
+        ``backend``: the event loop the engine runs on in its thread (``"asyncio"`` or ``"trio"``)."""
+        self._engine = Engine(config, model=model, tokenizer=tokenizer, **overrides)
         self._loop = LoopThread(self._engine, backend, "engine", "SyncEngine")
 
     @property
@@ -148,17 +93,18 @@ class SyncEngine:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _require_portal(self) -> BlockingPortal:
-        return self._loop.portal
-
     def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         return self._loop.call(fn, *args, **kwargs)
 
     def feed(self, data: str | bytes | Sequence[int] | Any) -> int:
         return self._call(self._engine.feed, data)
 
-    def process(self, source: Iterable[Any], *, flush: bool = True) -> int:
-        """Feed every item of a (synchronous) iterable, then flush."""
+    def process(self, source: AsyncIterable[Any] | Iterable[Any], *, flush: bool = True) -> int:
+        """Feed every item of ``source``, then flush. A synchronous iterable is read here, in the
+        calling thread (a blocking source does not stall the engine's loop); an async one is
+        read on the engine's loop."""
+        if isinstance(source, AsyncIterable):
+            return self._call(self._engine.process, source, flush=flush)
         total = 0
         for item in source:
             total += self.feed(item)
@@ -175,43 +121,39 @@ class SyncEngine:
     def set_question(self, question: str | None) -> None:
         self._call(self._engine.set_question, question)
 
-    def ask(self, question: str | None = None, **kwargs: Any) -> Answer:
-        return self._call(self._engine.ask, question, **kwargs)
+    def ask(
+        self, question: str | None = None, *, rescore: str | None = None, max_new_tokens: int | None = None
+    ) -> Answer:
+        """Answer ``question`` (see :meth:`Engine.ask`)."""
+        return self._call(self._engine.ask, question, rescore=rescore, max_new_tokens=max_new_tokens)
 
-    def ask_stream(self, question: str | None = None, **kwargs: Any) -> Iterator[str]:
-        """Yield answer text pieces as they are generated."""
-        portal = self._require_portal()
-        send, receive = anyio.create_memory_object_stream[str](max_buffer_size=16)
+    def ask_stream(
+        self, question: str | None = None, *, rescore: str | None = None, max_new_tokens: int | None = None
+    ) -> Iterator[str]:
+        """Yield answer text pieces as they are generated (closing it early stops the generation)."""
+        return self._loop.iterate(self._engine.ask_stream, question, rescore=rescore, max_new_tokens=max_new_tokens)
 
-        async def pump() -> None:
-            async with send:
-                async for piece in self._engine.ask_stream(question, **kwargs):
-                    await send.send(piece)
+    def key_context(self, question: str | None = None, *, rescore: str | None = None) -> KeyContext:
+        """The selected context for ``question`` without generating (see :meth:`Engine.key_context`)."""
+        return self._call(self._engine.key_context, question, rescore=rescore)
 
-        future = portal.start_task_soon(pump)
-        try:
-            while True:
-                try:
-                    piece = portal.call(receive.receive)
-                except anyio.EndOfStream:
-                    break
-                yield piece
-            future.result()  # re-raise what went wrong in the engine
-        finally:
-            if not future.done():
-                future.cancel()
-            portal.call(receive.aclose)
-
-    def key_context(self, question: str | None = None, **kwargs: Any) -> KeyContext:
-        return self._call(self._engine.key_context, question, **kwargs)
-
-    def budget_for(self, question: str, **kwargs: Any) -> int:
+    def budget_for(self, question: str, *, max_new_tokens: int | None = None, whole_window: bool = False) -> int:
         """The key-context budget for ``question`` in the reader's tokens (see :meth:`Engine.budget_for`)."""
-        return self._call(self._engine.budget_for, question, **kwargs)
+        return self._call(self._engine.budget_for, question, max_new_tokens=max_new_tokens, whole_window=whole_window)
 
-    def answer_with(self, segments: Sequence[Segment], question: str, **kwargs: Any) -> Answer:
+    def answer_with(
+        self,
+        segments: Sequence[Segment],
+        question: str,
+        *,
+        scores: Sequence[float | None] | None = None,
+        max_new_tokens: int | None = None,
+        budget: int | None = None,
+    ) -> Answer:
         """Answer from segments you chose (see :meth:`Engine.answer_with`)."""
-        return self._call(self._engine.answer_with, segments, question, **kwargs)
+        return self._call(
+            self._engine.answer_with, segments, question, scores=scores, max_new_tokens=max_new_tokens, budget=budget
+        )
 
     def events(self) -> SyncEventStream:
         """Subscribe to events from now on (see :meth:`Engine.events`):
@@ -222,9 +164,9 @@ class SyncEngine:
         """Wait until every alert waiting for its explanation has been emitted."""
         self._call(self._engine.explained)
 
-    def mark_input(self, source: str, taken: int, **kwargs: Any) -> InputMark:
+    def mark_input(self, source: str, taken: int, *, complete: bool = False, digest: str = "") -> InputMark:
         """Record how far an input was taken (see :meth:`Engine.mark_input`)."""
-        return self._call(self._engine.mark_input, source, taken, **kwargs)
+        return self._call(self._engine.mark_input, source, taken, complete=complete, digest=digest)
 
     def input_resume(self, source: str) -> tuple[InputMark | None, int]:
         return self._call(self._engine.input_resume, source)
@@ -259,6 +201,11 @@ class SyncEngine:
     model_name: _View[str] = _View("Name of the scoring model.")
 
     @property
+    def decode_stats(self) -> DecodeStats:
+        """Counters of bytes fed: invalid UTF-8 replaced, NUL bytes removed (readable after close)."""
+        return self._engine.decode_stats
+
+    @property
     def tokenizer(self) -> Any:
         """The scoring model's tokenizer."""
         return self._engine.tokenizer
@@ -269,9 +216,30 @@ class SyncEngine:
     def metrics(self) -> Metrics:
         return self._call(self._engine.metrics)
 
-    def watch(self, question: str, **kwargs: Any) -> int:
+    def watch(
+        self,
+        question: str,
+        *,
+        threshold: str | float | Threshold = DEFAULT_THRESHOLD,
+        measure: str = DEFAULT_WATCH_MEASURE,
+        warmup: int | None = None,
+        cooldown: int = DEFAULT_COOLDOWN,
+        min_score: float | None = None,
+        min_overlap: float | Literal["auto"] | None = "auto",
+        explain: bool = False,
+    ) -> int:
         """Register a standing question (see :meth:`Engine.watch`); returns its id."""
-        return self._call(self._engine.watch, question, **kwargs)
+        return self._call(
+            self._engine.watch,
+            question,
+            threshold=threshold,
+            measure=measure,
+            warmup=warmup,
+            cooldown=cooldown,
+            min_score=min_score,
+            min_overlap=min_overlap,
+            explain=explain,
+        )
 
     def unwatch(self, watch_id: int) -> None:
         self._call(self._engine.unwatch, watch_id)
