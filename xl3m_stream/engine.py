@@ -28,15 +28,15 @@ from ._engine.answer import Answer, Answerer, Timings
 from ._engine.checks import check_answer_args, check_mark, check_max_new_tokens, check_rescore
 from ._engine.core import COUNTERS, Core
 from ._engine.dispatch import Dispatcher
-from ._engine.feeding import FEED_SLICE_CHARS, FEED_SLICE_TOKENS, THREAD_TOKENIZE_CHARS, Feeder  # noqa: F401
+from ._engine.feeding import FEED_SLICE_CHARS, FEED_SLICE_TOKENS, THREAD_TOKENIZE_CHARS, Feeder
 from ._engine.intake import Intake
-from ._engine.journal import INPUTS_KEPT, Journal  # noqa: F401 (the limits: importable from here too)
-from ._engine.questions import QUESTION_KEYS_KEPT, Questions  # noqa: F401
+from ._engine.journal import INPUTS_KEPT, Journal
+from ._engine.questions import QUESTION_KEYS_KEPT, Questions
 from ._engine.queue import Pending, ScoringQueue
 from ._engine.select import Selector
 from ._engine.signals import Signals
-from ._engine.subscribers import MAX_SUBSCRIBERS, Subscribers  # noqa: F401
-from ._engine.watches import MAX_EXPLAINING, Watches  # noqa: F401
+from ._engine.subscribers import MAX_SUBSCRIBERS, Subscribers
+from ._engine.watches import MAX_EXPLAINING, Watches
 from .config import EngineConfig
 from .devices import DevicePool, Replica
 from .errors import ConfigError, EngineClosedError, StateError
@@ -50,7 +50,19 @@ from .segment import Segment
 from .sources import DecodeStats
 from .store import SegmentStore
 
-__all__ = ["Answer", "Engine", "EngineStats", "Timings"]
+__all__ = [  # the limits live with their stages and stay importable from here
+    "FEED_SLICE_CHARS",
+    "FEED_SLICE_TOKENS",
+    "INPUTS_KEPT",
+    "MAX_EXPLAINING",
+    "MAX_SUBSCRIBERS",
+    "QUESTION_KEYS_KEPT",
+    "THREAD_TOKENIZE_CHARS",
+    "Answer",
+    "Engine",
+    "EngineStats",
+    "Timings",
+]
 
 log = logging.getLogger("xl3m_stream.engine")
 

@@ -208,10 +208,8 @@ class Journal:
     def scored(self, n: int) -> None:
         """``n`` more segments scored: a snapshot may be due by count."""
         state = self.state
-        if state is not None:
-            state.scored_since_snapshot += n
-            if state.scored_since_snapshot >= self._config.snapshot_every_segments:
-                self.wake.set()
+        if state is not None and state.note_scored(n, self._config.snapshot_every_segments):
+            self.wake.set()
 
     # -- snapshots --------------------------------------------------------------------------
     def capture(self) -> EngineSnapshot:
@@ -258,7 +256,7 @@ class Journal:
         async with self._snapshot_lock:
             async with intake_lock:
                 snap = self.capture()
-                state.scored_since_snapshot = 0
+                state.note_captured()
             await anyio.to_thread.run_sync(state.write_snapshot, snap)
 
     async def run(self, intake_lock: anyio.Lock, report: Callable[[Event], None]) -> None:

@@ -27,7 +27,7 @@ import msgspec
 from ..config import MEASURES, EngineConfig
 from ..errors import InputError
 from ..segment import Segment
-from ..segmenter import Segmenter
+from ..segmenter import Cutter, Segmenter
 from ..tokenizer import IncrementalTokenizer
 from .baselines import (
     default_embedder,
@@ -245,8 +245,8 @@ def stream_ids(tokenizer: Any, text: str) -> list[int]:
 
 def cut_ids(tokenizer: Any, ids: list[int], config: EngineConfig) -> list[Segment]:
     """The segments the engine cuts from the token ids ``ids``."""
-    seg = Segmenter.for_config(config, tokenizer)
-    return seg.push(ids) + seg.flush()
+    cutter = Cutter(Segmenter.for_config(config, tokenizer))  # the engine's own path from ids to segments
+    return cutter.take(ids) + cutter.cut()
 
 
 async def _evaluate_sample(engine: Any, sample: Sample, cfg: EvalConfig, say: ProgressFn) -> list[SampleResult]:

@@ -8,11 +8,9 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
-import msgspec
-
 from ..errors import StateError
 from ..segment import Segment
-from ..segmenter import MetaIndex
+from ..segmenter import Cutter
 from .files import _open_file, check_state_dir, read_meta, stream_id
 from .format import FLAG_CUT, LOG_HEADER, LOG_NAME, SNAPSHOT_RE, EngineSnapshot, StreamContents
 from .records import _advance, _Cursor, _iter_records, _load_snapshot, _TextTail
@@ -33,21 +31,12 @@ class LogReader:
             raise StateError(f"state dir {path} holds no state")
         self.folder = check_state_dir(path)
         self.layout = lay = meta.layout
-        self._segmenter = lay.segmenter()
-        self._index = MetaIndex()
+        self._cutter = Cutter(lay.segmenter())  # the engine's own path from ids to segments
         self._upto = upto_records
         self.ids: list[int] | None = [] if keep_ids else None
         self.cursor = _Cursor()
         self.tail = _TextTail(None)
         self.torn: str | None = None
-
-    def _cut(self, new: list[Segment]) -> list[Segment]:
-        out = []
-        for s in new:
-            m = self._index.meta_for(s.start, s.end)
-            out.append(msgspec.structs.replace(s, meta=m) if m is not None else s)
-        self._index.forget_before(self._segmenter.position - len(self._segmenter.pending))
-        return out
 
     def segments(self) -> Iterator[Segment]:
         """The segments cut from the log's records (up to ``upto_records``), in order."""
@@ -69,17 +58,10 @@ class LogReader:
                     return
                 _advance(cur, rec, len(ids), step, crc)
                 self.tail.add(rec)
-                if rec.text:
-                    self._index.add_chunk(rec.chars, rec.meta)
-                if ends:
-                    self._index.add_tokens(ends)
-                elif ids:
-                    self._index.add_unattributed(len(ids))
                 if self.ids is not None:
                     self.ids.extend(ids)
-                yield from self._cut(self._segmenter.push(ids))
-                if rec.flags & FLAG_CUT:
-                    yield from self._cut(self._segmenter.flush())
+                chunk = (rec.chars, rec.meta) if rec.text else None
+                yield from self._cutter.apply(ids, ends, chunk=chunk, cut=bool(rec.flags & FLAG_CUT))
 
 
 def read_stream(path: str | os.PathLike[str]) -> StreamContents:

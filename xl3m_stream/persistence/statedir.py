@@ -374,6 +374,16 @@ class StateDir:
         self._synced = max(self._synced, upto)
         self._last_sync = time.monotonic()
 
+    def note_scored(self, n: int, every_segments: int) -> bool:
+        """``n`` more segments scored since the last snapshot's capture; True when that makes a
+        snapshot due by count."""
+        self.scored_since_snapshot += n
+        return self.scored_since_snapshot >= every_segments
+
+    def note_captured(self) -> None:
+        """A snapshot's state was captured: the scored count starts again."""
+        self.scored_since_snapshot = 0
+
     def snapshot_due(self, every_s: float, every_segments: int) -> bool:
         """Whether enough changed since the last snapshot to write another."""
         if self._failed is not None or self._log_fd is None:
