@@ -39,6 +39,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--segment-tokens", type=int, default=256)
+    p.add_argument(
+        "--segment-overlap",
+        type=int,
+        default=0,
+        help="tokens consecutive segments share; the raw forward still counts every scored token, "
+        "the engine counts stream tokens, so the ratio shows what overlap costs",
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile the scorer (static shapes)")
     p.add_argument("--device-concurrency", type=int, default=1, help="batches in flight per device")
     p.add_argument("--repeat", type=int, default=5, help="raw/engine pairs, alternating order (default 5)")
@@ -69,6 +76,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         dtype=args.dtype,
         batch_size=args.batch_size,
         segment_tokens=args.segment_tokens,
+        segment_overlap=args.segment_overlap,
         max_pending_segments=max(64, 4 * args.batch_size),
         compile="always" if args.compile else "never",
         device_concurrency=args.device_concurrency,
@@ -167,6 +175,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "dtype": str(replica.scoring_model.dtype).replace("torch.", ""),
             "batch_size": args.batch_size,
             "segment_tokens": args.segment_tokens,
+            "segment_overlap": args.segment_overlap,
             "question_tokens": len(q_ids),
             "compile": args.compile,
             "device_concurrency": args.device_concurrency,
