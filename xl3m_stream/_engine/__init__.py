@@ -2,7 +2,8 @@
 constructor and returns values; none imports the engine, and only the
 :class:`~xl3m_stream.engine.Engine` facade owns the task group and emits events.
 
-    feed -> intake.Intake -> journal.Journal.log -> queue.ScoringQueue -> core.Core.score_batch
+    feed -> feeding.Feeder -> intake.Intake -> journal.Journal.log -> queue.ScoringQueue
+         -> core.Core.score_batch
          (dispatch.Dispatcher on the devices; signals.Signals; the store; watches.Watches)
     ask  -> queue drained -> select.Selector -> answer.Answerer
 
