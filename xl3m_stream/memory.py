@@ -28,11 +28,12 @@ from collections.abc import AsyncIterable, Iterable
 from typing import Any
 
 from ._portal import LoopThread
+from ._sources.iterables import _items, _turn_fields
 from .config import EngineConfig
 from .engine import Answer, Engine
 from .errors import InputError
 from .inference import KeyContext
-from .sources import TextChunk, _items, _turn_fields
+from .sources import TextChunk
 
 __all__ = ["MEMORY_DEFAULTS", "AgentMemory", "SyncAgentMemory"]
 

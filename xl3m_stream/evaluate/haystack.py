@@ -48,74 +48,8 @@ _DATA: dict[str, Any] = {
 # Procedural prose
 # --------------------------------------------------------------------------------------
 
-_NAMES: tuple[tuple[str, str, str], ...] = tuple(
-    (n, "she", "her")
-    for n in (
-        "Clara",
-        "Ada",
-        "Miriam",
-        "Helen",
-        "Rosa",
-        "Agnes",
-        "Lydia",
-        "Nora",
-        "Edith",
-        "Martha",
-        "Irene",
-        "Vera",
-        "Alice",
-        "Beatrice",
-        "Greta",
-        "Ines",
-        "Judith",
-        "Louisa",
-        "Maud",
-        "Olive",
-        "Paula",
-        "Ruth",
-        "Sylvia",
-        "Tessa",
-        "Ursula",
-        "Wilma",
-        "Eleanor",
-        "Frieda",
-        "Hazel",
-        "Ivy",
-    )
-) + tuple(
-    (n, "he", "his")
-    for n in (
-        "Tomas",
-        "Arthur",
-        "Felix",
-        "Henry",
-        "Oskar",
-        "Walter",
-        "Samuel",
-        "Edwin",
-        "Hugo",
-        "Leon",
-        "Victor",
-        "Albert",
-        "Bernard",
-        "Caspar",
-        "Dorian",
-        "Ernest",
-        "Gideon",
-        "Isaac",
-        "Jonas",
-        "Klaus",
-        "Lionel",
-        "Marcus",
-        "Nathan",
-        "Otto",
-        "Percy",
-        "Rupert",
-        "Simon",
-        "Theo",
-        "Vincent",
-        "Willem",
-    )
+_NAMES: tuple[tuple[str, str, str], ...] = tuple((n, "she", "her") for n in _DATA["_NAMES_SHE"]) + tuple(
+    (n, "he", "his") for n in _DATA["_NAMES_HE"]
 )
 
 _ROLES = _DATA["_ROLES"]
