@@ -50,19 +50,9 @@ from .segment import Segment
 from .sources import DecodeStats
 from .store import SegmentStore
 
-__all__ = [  # the limits live with their stages and stay importable from here
-    "FEED_SLICE_CHARS",
-    "FEED_SLICE_TOKENS",
-    "INPUTS_KEPT",
-    "MAX_EXPLAINING",
-    "MAX_SUBSCRIBERS",
-    "QUESTION_KEYS_KEPT",
-    "THREAD_TOKENIZE_CHARS",
-    "Answer",
-    "Engine",
-    "EngineStats",
-    "Timings",
-]
+__all__ = ["Answer", "Engine", "EngineStats", "Timings"]
+__all__ += ["FEED_SLICE_CHARS", "FEED_SLICE_TOKENS", "INPUTS_KEPT", "MAX_EXPLAINING"]  # limits, kept by their stages
+__all__ += ["MAX_SUBSCRIBERS", "QUESTION_KEYS_KEPT", "THREAD_TOKENIZE_CHARS"]  # and importable from here
 
 log = logging.getLogger("xl3m_stream.engine")
 
@@ -373,7 +363,7 @@ class Engine:
             self._emit(alert)
             self._watches.end_explaining()
 
-    # ------------------------------------------------------------------ persistence (state_dir)
+    # ------------------------------------------------------------------ state_dir; events, stats, models
     def _need_state(self, call: str, why: str = "") -> Journal:
         self._check_open()
         if self._journal is None or self._journal.state is None:
@@ -434,7 +424,6 @@ class Engine:
         question = question if question is not None else self._core.explicit[0] if self._core.explicit else None
         return await journal.rescan(question, self._feeder.step, self._dispatch.score)
 
-    # ------------------------------------------------------------------ events, stats, models
     def events(self) -> EventStream:
         """Subscribe to events from now on: ``async for event in engine.events(): ...``.
 
