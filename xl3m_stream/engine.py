@@ -237,7 +237,7 @@ class Engine:
             self._queue.done(batch)
             self._dispatch.release()
 
-    # ------------------------------------------------------------------ asking
+    # ------------------------------------------------------------------ asking; standing questions (watch)
     async def key_context(self, question: str | None = None, *, rescore: str | None = None) -> KeyContext:
         """The selected context for ``question`` without generating: hand it to any reader."""
         return (await self._select(question, rescore, None))[0].context
@@ -304,7 +304,6 @@ class Engine:
         ctx = self._answerer.context_of(segments, question, scores, max_new_tokens, budget, self._intake.position)
         return await self._answerer.read(ctx, self._answerer.prompt(ctx), max_new_tokens, started)
 
-    # ------------------------------------------------------------------ standing questions (watch)
     def watch(
         self,
         question: str,
