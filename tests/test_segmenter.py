@@ -267,3 +267,49 @@ def test_newline_token_ids() -> None:
     assert newline_token_ids(transformers.PreTrainedTokenizerFast(tokenizer_object=tok)) == ids
     with pytest.raises(TypeError):
         newline_token_ids("not a tokenizer")
+
+
+@settings(max_examples=150, deadline=None)
+@given(layout=layouts(), stream=streams, data=st.data())
+def test_cutter_replays_what_it_cut_live(layout: dict, stream: list[int], data: st.DataObject) -> None:
+    """The one replay path: the steps a live stream took (text chunks with metadata, ids with
+    and without character offsets, cuts), redone through ``Cutter.apply`` as recovery and
+    ``LogReader`` do, give the same segments with the same metadata."""
+    from xl3m_stream.segmenter import Cutter
+
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=12)))
+    steps = []
+    chars = 0
+    for k, piece in enumerate(_chunks(stream, cuts)):
+        text = data.draw(st.booleans())  # ids of text (one character per token here) or bare ids
+        ends = [chars + i + 1 for i in range(len(piece))] if text else []
+        chunk = (chars + len(piece), {"line": k}) if text else None
+        chars += len(piece) if text else 0
+        steps.append((piece, ends, chunk, data.draw(st.booleans())))
+    live = Cutter(Segmenter(**layout))
+    got_live: list[Segment] = []
+    for piece, ends, chunk, cut in steps:
+        if chunk is not None:
+            live.chunk(*chunk)
+        got_live += live.take(piece, ends or None)
+        if cut:
+            got_live += live.cut()
+    replay = Cutter(Segmenter(**layout))
+    got_replay = [s for piece, ends, chunk, cut in steps for s in replay.apply(piece, ends, chunk=chunk, cut=cut)]
+    assert got_live == got_replay
+    assert [s.tokens for s in got_live] == [s.tokens for s in _flat_segments(layout, steps)]
+    source = [k if ends else None for k, (piece, ends, _c, _x) in enumerate(steps) for _ in piece]
+    for s in got_live:  # a segment carries the lines of its text tokens, bare ids none
+        lines = [k for k in source[s.start : s.end] if k is not None]
+        assert s.meta == ({"line_start": min(lines), "line_end": max(lines)} if lines else None)
+
+
+def _flat_segments(layout: dict, steps: list) -> list[Segment]:
+    """The same steps on a bare Segmenter: the Cutter changes no cut, only adds metadata."""
+    seg = Segmenter(**layout)
+    out: list[Segment] = []
+    for piece, _ends, _chunk, cut in steps:
+        out += seg.push(piece)
+        if cut:
+            out += seg.flush()
+    return out
