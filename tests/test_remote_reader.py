@@ -20,6 +20,7 @@ from xl3m_stream import ConfigError, Engine, EngineConfig, ReaderError
 from xl3m_stream import remote as remote_mod
 from xl3m_stream.errors import ModelLoadError
 
+pytest.importorskip("httpx", reason="the remote reader needs httpx (the serve extra)")
 pytestmark = pytest.mark.anyio
 
 KEY = "sk-test-SECRET-4242"
