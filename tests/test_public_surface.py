@@ -302,6 +302,7 @@ PUBLIC_MODULES = [
     "xl3m_stream.monitor",
     "xl3m_stream.persistence",
     "xl3m_stream.relevance",
+    "xl3m_stream.remote",
     "xl3m_stream.running",
     "xl3m_stream.scoring",
     "xl3m_stream.segment",
@@ -341,6 +342,7 @@ EXPECTED_ALL: list[str] = [
     "KeyContext",
     "Metrics",
     "ModelLoadError",
+    "ReaderError",
     "RecoveryReport",
     "ScoringError",
     "Segment",
@@ -496,10 +498,13 @@ EXPECTED_EXPORTS: dict[str, Any] = {
         "bases": ["Struct", "_StructMixin"],
         "members": {
             "__post_init__": "def (self) -> 'None'",
+            "__repr__": "def (self) -> 'str'",
+            "__rich_repr__": "def (self) -> 'Any'",
             "from_dict": "class def (cls, values: 'dict[str, Any]') -> 'EngineConfig'",
             "from_env": "class def (cls, base: 'EngineConfig | None' = None, environ: "
             "'dict[str, str] | None' = None) -> 'EngineConfig'",
             "from_file": "class def (cls, path: 'str | os.PathLike[str]') -> 'EngineConfig'",
+            "redacted": "def (self) -> 'dict[str, Any]'",
             "replace": "def (self, **changes: 'Any') -> 'EngineConfig'",
             "to_dict": "def (self) -> 'dict[str, Any]'",
         },
@@ -536,6 +541,10 @@ EXPECTED_EXPORTS: dict[str, Any] = {
             "reader_prompt": "Literal['auto', 'plain', 'chat'] = 'auto'",
             "answer_style": "Literal['short', 'free'] = 'short'",
             "reader_window": "Annotated[int, Meta(ge=16)] | None = None",
+            "reader_base_url": "str | None = None",
+            "reader_api_key": "str | None = None",
+            "reader_timeout_s": "Annotated[float, Meta(gt=0, le=3600)] = 60.0",
+            "reader_attempts": "Annotated[int, Meta(ge=1, le=20)] = 4",
             "events_buffer": "Annotated[int, Meta(ge=1, le=10000000)] = 1024",
             "seed": "NonNegInt = 0",
             "state_dir": "str | None = None",
@@ -638,6 +647,7 @@ EXPECTED_EXPORTS: dict[str, Any] = {
         "frozen": True,
     },
     "ModelLoadError": {"bases": ["Xl3mError", "Exception", "BaseException"], "members": {}},
+    "ReaderError": {"bases": ["Xl3mError", "RuntimeError", "Exception", "BaseException"], "members": {}},
     "RecoveryReport": {
         "bases": ["Struct", "_StructMixin"],
         "members": {"notes": "def (self) -> 'list[str]'"},
@@ -863,6 +873,10 @@ EXPECTED_CONFIG_FIELDS: dict[str, str] = {
     "reader_prompt": "Literal['auto', 'plain', 'chat'] = 'auto'",
     "answer_style": "Literal['short', 'free'] = 'short'",
     "reader_window": "Annotated[int, Meta(ge=16)] | None = None",
+    "reader_base_url": "str | None = None",
+    "reader_api_key": "str | None = None",
+    "reader_timeout_s": "Annotated[float, Meta(gt=0, le=3600)] = 60.0",
+    "reader_attempts": "Annotated[int, Meta(ge=1, le=20)] = 4",
     "events_buffer": "Annotated[int, Meta(ge=1, le=10000000)] = 1024",
     "seed": "NonNegInt = 0",
     "state_dir": "str | None = None",
@@ -901,6 +915,7 @@ EXPECTED_MODULES: dict[str, list[str]] = {
         "KeyContext",
         "Metrics",
         "ModelLoadError",
+        "ReaderError",
         "RecoveryReport",
         "ScoringError",
         "Segment",
@@ -925,12 +940,14 @@ EXPECTED_MODULES: dict[str, list[str]] = {
         "MODELS",
         "QWEN_CODER_05B",
         "QWEN_CODER_15B",
+        "REMOTE_PREFIX",
         "SMOLLM2",
         "find",
         "locate",
+        "remote_name",
     ],
     "xl3m_stream.cli": ["EXIT_ERROR", "EXIT_USAGE", "main", "seconds"],
-    "xl3m_stream.config": ["DEFAULT_MODEL", "ENV_PREFIX", "EngineConfig", "MEASURES"],
+    "xl3m_stream.config": ["DEFAULT_MODEL", "ENV_PREFIX", "EngineConfig", "MEASURES", "REDACTED"],
     "xl3m_stream.demo": ["PasskeyDocument", "passkey_document"],
     "xl3m_stream.devices": ["DevicePool", "Replica", "expand_devices", "reader_spec"],
     "xl3m_stream.embedding": [
@@ -959,6 +976,7 @@ EXPECTED_MODULES: dict[str, list[str]] = {
         "EngineClosedError",
         "InputError",
         "ModelLoadError",
+        "ReaderError",
         "ScoringError",
         "StateError",
         "Xl3mError",
@@ -1076,6 +1094,18 @@ EXPECTED_MODULES: dict[str, list[str]] = {
         "reciprocal_rank_fusion",
         "term_counts",
         "words",
+    ],
+    "xl3m_stream.remote": [
+        "BACKOFF_S",
+        "CHAT_OVERHEAD",
+        "CONNECT_TIMEOUT_S",
+        "DEFAULT_BASE_URL",
+        "DEFAULT_WINDOW",
+        "MAX_BACKOFF_S",
+        "MAX_RETRY_AFTER_S",
+        "RemoteReader",
+        "TOKEN_SAFETY",
+        "resolve_endpoint",
     ],
     "xl3m_stream.running": ["DEFAULT_WINDOW", "RunningScores"],
     "xl3m_stream.scoring": [
@@ -1265,7 +1295,8 @@ EXPECTED_IMPORTED: dict[str, dict[str, str]] = {
         "max_question_tokens, measure, relevance, tgain_top, batch_size, "
         "batch_wait_ms, max_pending_segments, store_segments, store_tokens, "
         "context_tokens, local_window_tokens, rescore, max_new_tokens, temperature, "
-        "stop, reader_prompt, answer_style, reader_window, events_buffer, seed, "
+        "stop, reader_prompt, answer_style, reader_window, reader_base_url, "
+        "reader_api_key, reader_timeout_s, reader_attempts, events_buffer, seed, "
         "state_dir, fsync, fsync_interval_s, snapshot_every_s, "
         "snapshot_every_segments)",
         "SegmentScored": "struct (time, seq, start, end, score, scores, question_id)",

@@ -105,6 +105,19 @@ DEFAULT_READER = QWEN_CODER_15B
 0.97 of the real-text questions, against 0.70 for Qwen2.5-Coder-0.5B and less for the others."""
 
 
+REMOTE_PREFIX = "openai:"
+"""``reader_model="openai:MODEL"`` names a model served over the OpenAI-compatible API
+(:mod:`xl3m_stream.remote`), not one to load: nothing local is looked up for it."""
+
+
+def remote_name(spec: str | None) -> str | None:
+    """The served model's name when ``spec`` is ``"openai:MODEL"`` ("" when the name is missing),
+    else None (``spec`` names a local model)."""
+    if spec is None or not spec.strip().lower().startswith(REMOTE_PREFIX):
+        return None
+    return spec.strip()[len(REMOTE_PREFIX) :].strip()
+
+
 def find(name: str) -> CatalogModel | None:
     """The catalog model called ``name`` (case-insensitive), or None."""
     key = name.strip().lower()

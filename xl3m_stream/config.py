@@ -11,12 +11,14 @@ import json
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
+from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 import msgspec.inspect as mi
 import tomllib
 from msgspec import Meta
 
+from . import catalog
 from .errors import ConfigError
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -123,7 +125,23 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     number, code or phrase), and stops at the end of its line; ``free``: the question as asked,
     answered at the reader's length. Measured in docs/RESULTS.md (readers)."""
     reader_window: Annotated[int, Meta(ge=16)] | None = None
-    """The reader's context window in tokens; ``None`` reads it from the model config."""
+    """The reader's context window in tokens; ``None`` reads it from the model config (a remote
+    reader: 8192, ``xl3m_stream.remote.DEFAULT_WINDOW``; set the served model's window)."""
+
+    # --- remote reader (reader_model="openai:MODEL", xl3m_stream.remote) ----------------
+    reader_base_url: str | None = None
+    """The OpenAI-compatible server's API root, e.g. ``http://localhost:8000/v1`` (vLLM) or
+    ``http://localhost:11434/v1`` (Ollama); ``None``: ``$OPENAI_BASE_URL``, else
+    ``https://api.openai.com/v1``. Only with ``reader_model="openai:MODEL"``."""
+    reader_api_key: str | None = None
+    """Sent as ``Authorization: Bearer``; ``None``: ``$OPENAI_API_KEY``, else no key (local servers
+    need none). Never shown: the config's repr and every error message leave it out."""
+    reader_timeout_s: Annotated[float, Meta(gt=0, le=3600)] = 60.0
+    """Remote reader: longest wait for the server to answer, and then between two pieces of the
+    answer (connecting: at most 10 s of it); past it the ask fails with a ReaderError."""
+    reader_attempts: Annotated[int, Meta(ge=1, le=20)] = 4
+    """Remote reader: tries per answer on HTTP 429, 5xx and connection errors (exponential backoff
+    with jitter between them, or the server's ``Retry-After``)."""
 
     # --- events and state -----------------------------------------------------------
     events_buffer: Annotated[int, Meta(ge=1, le=10_000_000)] = 1024
@@ -150,7 +168,12 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
         # msgspec checks Meta constraints when decoding, not on direct construction:
         # check them here so that EngineConfig(...) is validated the same way.
         for info in _field_infos():
-            _check_value(info.name, getattr(self, info.name), info.type)
+            try:
+                _check_value(info.name, getattr(self, info.name), info.type)
+            except ConfigError:
+                if info.name in _SECRET_FIELDS:  # the message would quote the value
+                    raise ConfigError(f"{info.name}: expected a string or None") from None
+                raise
         if self.segment_overlap >= self.segment_tokens:
             raise ConfigError(
                 f"segment_overlap ({self.segment_overlap}) must be smaller than segment_tokens ({self.segment_tokens})"
@@ -166,6 +189,22 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
             raise ConfigError("model: must not be empty")
         if self.reader_model is not None and not self.reader_model.strip():
             raise ConfigError("reader_model: must not be empty (use None to read with the scoring model)")
+        if catalog.remote_name(self.model) is not None:
+            raise ConfigError(
+                "model: a model served over the API cannot score (it returns no full distribution); "
+                "make it the reader_model and keep a local scoring model"
+            )
+        remote = catalog.remote_name(self.reader_model)
+        if remote is not None and not remote:
+            raise ConfigError("reader_model: 'openai:' needs the served model's name, e.g. 'openai:gpt-4o-mini'")
+        if self.reader_base_url is not None:
+            _check_base_url("reader_base_url", self.reader_base_url)
+            if remote is None:
+                raise ConfigError(
+                    f"reader_base_url is set, but reader_model ({self.reader_model!r}) is not 'openai:MODEL'"
+                )
+        if self.reader_api_key is not None:
+            _check_api_key("reader_api_key", self.reader_api_key)
         if "certainty" not in self.relevance or len(set(self.relevance)) != len(self.relevance):
             raise ConfigError(f"relevance: must hold 'certainty' and each signal once, got {self.relevance}")
         if self.stop is not None and any(not s for s in self.stop):
@@ -232,7 +271,23 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
         return EngineConfig.from_dict(values)
 
     def to_dict(self) -> dict[str, Any]:
+        """Every field as plain values (``reader_api_key`` included: do not log it; see ``redacted``)."""
         return msgspec.to_builtins(self)
+
+    def redacted(self) -> dict[str, Any]:
+        """:meth:`to_dict` with the secrets masked: what may be logged or written to a report."""
+        values = self.to_dict()
+        for name in _SECRET_FIELDS:
+            if values.get(name) is not None:
+                values[name] = REDACTED
+        values["reader_base_url"] = _url_for_display(values["reader_base_url"])
+        return values
+
+    def __repr__(self) -> str:
+        return f"EngineConfig({', '.join(f'{k}={v!r}' for k, v in self.redacted().items())})"
+
+    def __rich_repr__(self) -> Any:
+        yield from self.redacted().items()
 
 
 def _field_infos() -> tuple[mi.Field, ...]:
@@ -295,6 +350,45 @@ def _check_value(name: str, value: Any, t: mi.Type) -> None:
             raise ConfigError(f"{name}: needs at least {t.min_length} item(s)")
         for item in value:
             _check_value(name, item, t.item_type)
+
+
+REDACTED = "***"
+"""What stands for a secret (the API key) wherever the config is shown."""
+_SECRET_FIELDS = ("reader_api_key",)
+
+
+def _check_base_url(name: str, url: str) -> None:
+    """An http(s) URL with a host, no query or fragment (``/chat/completions`` is appended to it)."""
+    shown = _url_for_display(url)
+    try:
+        parts = urlsplit(url.strip())
+        parts.port  # noqa: B018 (a malformed port raises here)
+    except ValueError:
+        raise ConfigError(f"{name}: not a URL: {shown!r}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{name}: must be an http:// or https:// URL with a host, got {shown!r}")
+    if parts.query or parts.fragment or any(c.isspace() for c in url.strip()):
+        raise ConfigError(f"{name}: must be the API root alone (no spaces, query or fragment), got {shown!r}")
+
+
+def _check_api_key(name: str, key: str) -> None:
+    if not key.strip() or any(c.isspace() or not c.isprintable() for c in key):
+        raise ConfigError(f"{name}: must be a non-empty key without spaces or control characters")
+
+
+def _url_for_display(url: str | None) -> str | None:
+    """``url`` without any user name or password it embeds (they are credentials too)."""
+    if url is None:
+        return None
+    try:
+        parts = urlsplit(url)
+        if parts.username is None and parts.password is None:
+            return url
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return url.rpartition("@")[2] if "@" in url else url
+    return urlunsplit((parts.scheme, f"{REDACTED}@{host}{port}", parts.path, parts.query, parts.fragment))
 
 
 def _valid_device(dev: str) -> bool:

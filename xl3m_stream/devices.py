@@ -17,6 +17,7 @@ from .embedding import Embedder
 from .errors import ConfigError
 from .inference import Reader
 from .models import LoadedModel, load
+from .remote import RemoteReader, resolve_endpoint
 from .scoring import Scorer
 
 log = logging.getLogger("xl3m_stream.devices")
@@ -29,9 +30,11 @@ class Replica:
     index: int
     device: Any  # torch.device
     scorer: Scorer
-    reader: Reader
+    reader: Reader | RemoteReader
+    """Writes the answers: a local :class:`Reader`, or the :class:`RemoteReader` every replica shares."""
     scoring_model: LoadedModel
     reader_model: LoadedModel
+    """The reader's model; for a remote reader, its name (``openai:MODEL``) and window, no weights."""
     embedder: Embedder | None = None
     """The dense relevance signal's embedder on this device (None: ``dense`` is off)."""
     inflight: int = 0
@@ -81,28 +84,42 @@ class DevicePool:
         """Load the scoring model (and the reader, if it is another model) on every device."""
         import torch
 
+        reader = reader_spec(config)
+        remote_spec = catalog.remote_name(reader)
+        if remote_spec is not None:
+            resolve_endpoint(config)  # a bad $OPENAI_BASE_URL fails now, not after loading the models
+        remote: RemoteReader | None = None
         replicas = []
-        for i, name in enumerate(expand_devices(config.devices)):
-            device = torch.device(name)
-            scoring = load(
-                config.model,
-                device,
-                dtype=config.dtype,
-                trust_remote_code=config.trust_remote_code,
-                allow_download=config.allow_download,
-            )
-            reader = reader_spec(config)
-            if reader is None:
-                reading = scoring
-            else:
-                reading = load(
-                    reader,
+        try:
+            for i, name in enumerate(expand_devices(config.devices)):
+                device = torch.device(name)
+                scoring = load(
+                    config.model,
                     device,
                     dtype=config.dtype,
                     trust_remote_code=config.trust_remote_code,
                     allow_download=config.allow_download,
                 )
-            replicas.append(_replica(i, scoring, reading, config))
+                if remote_spec is not None:  # served elsewhere: one client, shared by the replicas
+                    remote = remote or RemoteReader.from_config(config, scoring.tokenizer)
+                    reading = LoadedModel(remote.name, None, None, None, None, remote.window)
+                    replicas.append(_replica(i, scoring, reading, config, remote))
+                    continue
+                if reader is None:
+                    reading = scoring
+                else:
+                    reading = load(
+                        reader,
+                        device,
+                        dtype=config.dtype,
+                        trust_remote_code=config.trust_remote_code,
+                        allow_download=config.allow_download,
+                    )
+                replicas.append(_replica(i, scoring, reading, config))
+        except BaseException:
+            if remote is not None:
+                remote.close()
+            raise
         return cls(replicas)
 
     @classmethod
@@ -130,6 +147,9 @@ class DevicePool:
 
         import torch
 
+        for reader in {id(r.reader): r.reader for r in self.replicas}.values():
+            if isinstance(reader, RemoteReader):
+                reader.close()  # its HTTP connections
         self.replicas.clear()
         gc.collect()
         if torch.cuda.is_available():
@@ -137,18 +157,23 @@ class DevicePool:
 
 
 def reader_spec(config: EngineConfig) -> str | None:
-    """The model that reads for ``config``, or None when the scoring model reads itself."""
+    """The model that reads for ``config``, or None when the scoring model reads itself
+    (``"openai:MODEL"``, as given, for a served model: :mod:`xl3m_stream.remote`)."""
     spec = config.reader_model
     if spec == "auto":
         scorer = catalog.find(config.model)
         return catalog.DEFAULT_READER.alias if scorer is not None and scorer is not catalog.DEFAULT_READER else None
     if spec is None or spec.strip() == config.model.strip():
         return None
+    if catalog.remote_name(spec) is not None:
+        return spec.strip()
     found, model = catalog.find(spec), catalog.find(config.model)
     return None if found is not None and found is model else spec
 
 
-def _replica(index: int, scoring: LoadedModel, reading: LoadedModel, config: EngineConfig) -> Replica:
+def _replica(
+    index: int, scoring: LoadedModel, reading: LoadedModel, config: EngineConfig, remote: RemoteReader | None = None
+) -> Replica:
     window = config.reader_window or reading.window
     compiled = _maybe_compile(scoring, config)
     scorer = Scorer(
@@ -159,7 +184,7 @@ def _replica(index: int, scoring: LoadedModel, reading: LoadedModel, config: Eng
         compiled=compiled,
     )
     try:
-        reader = Reader(
+        reader = remote or Reader(
             reading.model,
             reading.tokenizer,
             window=window,

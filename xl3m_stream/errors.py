@@ -34,3 +34,8 @@ class ScoringError(Xl3mError, RuntimeError):
 
 class StateError(Xl3mError):
     """A state directory is unusable (wrong version, unreadable, locked by another engine)."""
+
+
+class ReaderError(Xl3mError, RuntimeError):
+    """The reader could not write an answer (a remote reader's server refused, failed or timed
+    out). The stream is unaffected: the engine keeps ingesting and a later ``ask`` may work."""

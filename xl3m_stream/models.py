@@ -72,6 +72,11 @@ def resolve(spec: str) -> ModelSource:
     if not isinstance(spec, str) or not spec.strip():
         raise ModelLoadError("model: expected a model name, directory or .gguf file")
     spec = spec.strip()
+    if catalog.remote_name(spec) is not None:  # served elsewhere: nothing here to load
+        raise ModelLoadError(
+            f"{spec!r} names a model served over the OpenAI-compatible API: it can only be the reader "
+            "(reader_model), which xl3m_stream.remote reaches over HTTP; it is not loaded locally"
+        )
     entry = catalog.find(spec)
     if entry is not None:
         catalog.locate(entry)  # installed? (else: the exact pip command)

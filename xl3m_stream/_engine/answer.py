@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import closing
 from typing import Any
 
 import anyio
@@ -122,13 +123,13 @@ class Answerer:
             )
         return ctx
 
-    def prompt(self, ctx: KeyContext) -> list[int]:
+    def prompt(self, ctx: KeyContext) -> list[Any]:
         return self.reader.prompt(ctx.text, ctx.question)
 
     async def read(
         self,
         ctx: KeyContext,
-        prompt: list[int],
+        prompt: list[Any],
         max_new_tokens: int | None,
         started: float,
         *,
@@ -161,12 +162,16 @@ class Answerer:
         max_new = self._config.max_new_tokens
         room = reader.room(alert.question, max_new)
         context = reader.encode(alert.text)
-        context = context[-room:] if room > 0 else []  # the segment's end, where the reader can see it
-        prompt = reader.prompt(reader.decode(context), alert.question)
+        keep = max(room, 0)
+        text = reader.decode(context[-keep:]) if keep else ""  # the segment's end, where the reader can see it
+        while keep and reader.count(text) > room:  # (a remote reader counts an estimate, not these ids)
+            keep = min(keep - 1, keep * room // reader.count(text))
+            text = reader.decode(context[-keep:]) if keep else ""
+        prompt = reader.prompt(text, alert.question)
         pieces = [piece async for piece in self.generate(prompt, max_new, alert.question)]
         return msgspec.structs.replace(alert, explanation="".join(pieces).strip())
 
-    async def generate(self, prompt: list[int], max_new_tokens: int | None, question: str) -> AsyncIterator[str]:
+    async def generate(self, prompt: list[Any], max_new_tokens: int | None, question: str) -> AsyncIterator[str]:
         """Run the reader in a worker thread and pass its text pieces back as they come."""
         pool = self._pool
         replica = pool.first if len(pool.replicas) == 1 else pool.pick() or pool.first
@@ -178,20 +183,22 @@ class Answerer:
         failure: list[BaseException] = []
 
         def run() -> None:
-            for piece in reader.generate(
+            pieces = reader.generate(
                 prompt,
                 max_new_tokens=max_new,
                 temperature=cfg.temperature,
                 seed=cfg.seed,
                 stop=cfg.stop if cfg.stop is not None else reader.stop_for(question),
                 should_stop=stop.is_set,
-            ):
-                if stop.is_set():
-                    return
-                try:
-                    anyio.from_thread.run(send.send, piece)
-                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                    return
+            )
+            with closing(pieces):  # at once, not when collected: a remote reader's holds an HTTP response
+                for piece in pieces:
+                    if stop.is_set():
+                        return
+                    try:
+                        anyio.from_thread.run(send.send, piece)
+                    except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                        return
 
         async def produce() -> None:
             # runs in the engine's task group, so this generator holds no task group of its own

@@ -22,7 +22,8 @@ from .signals import Signals
 
 class Selection(msgspec.Struct, frozen=True, kw_only=True):
     context: KeyContext
-    prompt: list[int]
+    prompt: list[Any]
+    """The reader's prompt: token ids (a local reader), chat messages (a remote one)."""
     rescored: int
     rescore_s: float
 
