@@ -355,3 +355,8 @@ def test_sigterm_then_restart_keeps_every_acknowledged_token(server: Server) -> 
         r = http.post("/v1/streams/durable/ask", json={"question": "What is the value of item 3?"})
         assert r.status_code == 200, r.text
         assert r.json()["stream_tokens"] >= acked
+
+
+def test_import_does_not_pull_in_the_server() -> None:
+    code = "import sys, xl3m_stream, xl3m_stream.cli; assert not {'starlette', 'uvicorn'} & set(sys.modules)"
+    subprocess.run([sys.executable, "-c", code], check=True)
