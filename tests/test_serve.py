@@ -334,6 +334,37 @@ def test_refuses_public_bind_without_key(capsys: pytest.CaptureFixture[str], mon
 
 
 # --------------------------------------------------------------------------- last: restart
+def test_a_second_engine_reads_through_the_server(server: Server, http: Any, tiny_model_dir: Path) -> None:
+    """The remote reader against our own server: an engine scores locally and sends its key
+    context to ``xl3m-stream serve`` as its OpenAI-compatible reader; the server feeds that
+    conversation to a stream and answers over it."""
+    import anyio
+    from helpers import tiny_config
+
+    from xl3m_stream import Engine
+
+    def tokens_of(name: str) -> int:
+        listed = {s["name"]: s["stream_tokens"] for s in http.get("/v1/streams").json()["streams"]}
+        return listed.get(name, 0)
+
+    before = tokens_of("default")  # a request without a `user` field goes to the default stream
+
+    async def run() -> Any:
+        cfg = tiny_config(
+            tiny_model_dir, reader_model="openai:xl3m-stream", reader_base_url=f"{server.url}/v1", reader_api_key=KEY
+        )
+        async with Engine(cfg) as engine:
+            await engine.process([TEXT])
+            pieces = [p async for p in engine.ask_stream("What is the pass key?")]
+            return await engine.ask("What is the pass key?"), pieces
+
+    answer, pieces = anyio.run(run)
+    assert answer.model == "openai:xl3m-stream"
+    assert isinstance(answer.text, str) and answer.segments  # selected locally, read remotely
+    assert isinstance("".join(pieces), str)
+    assert tokens_of("default") > before  # the key context reached the server's stream
+
+
 def test_sigterm_then_restart_keeps_every_acknowledged_token(server: Server) -> None:
     from xl3m_stream.persistence import read_stream
 
