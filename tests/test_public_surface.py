@@ -1066,6 +1066,7 @@ EXPECTED_MODULES: dict[str, list[str]] = {
         "StreamContents",
         "StreamRecord",
         "TMP_PREFIX",
+        "WATCHES_NAME",
         "check_state_dir",
         "decode_ids",
         "encode_ids",

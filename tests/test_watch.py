@@ -256,3 +256,44 @@ async def test_events_are_json_lines(tiny_model_dir, anyio_backend) -> None:
         line = json.loads(msgspec.json.encode(alert))
         assert line["type"] == "alert" and line["question"] == DISK_Q
         assert line["meta"]["level"] in ("ERROR", ["INFO", "ERROR"])
+
+
+async def test_watches_are_kept_with_the_state(tiny_model_dir, tmp_path, anyio_backend) -> None:
+    """A state dir keeps the standing questions: a restart watches them again under their ids
+    (statistics start afresh), a removed one stays removed, new ids never reuse old ones."""
+    state = tmp_path / "state"
+    async with Engine(config(tiny_model_dir, state_dir=str(state))) as engine:
+        kept = engine.watch("Which disk failed?", threshold="z3", cooldown=5)
+        gone = engine.watch("Who logged in?")
+        engine.unwatch(gone)
+        await engine.process(chunks(log_lines(16)))
+    assert (state / "watches.json").exists()
+    async with Engine(config(tiny_model_dir, state_dir=str(state))) as engine:
+        stats = engine.watches()
+        assert [(w.id, w.question, w.threshold) for w in stats] == [(kept, "Which disk failed?", "z3")]
+        assert stats[0].seen == 0  # running statistics are not saved
+        fresh = engine.watch("Is the network down?")
+        assert fresh > gone
+        events = engine.events()
+        await engine.process(chunks(log_lines(48)))
+        await engine.explained()
+        events.close()
+        watched = {w.id: w.seen for w in engine.watches()}
+        assert watched[kept] > 0 and watched[fresh] > 0  # the restored watch scores again
+    async with Engine(config(tiny_model_dir, state_dir=str(state))) as engine:
+        assert sorted(w.id for w in engine.watches()) == sorted([kept, fresh])
+
+
+async def test_damaged_saved_watches_refuse_with_one_line(tiny_model_dir, tmp_path, anyio_backend) -> None:
+    from xl3m_stream.errors import StateError
+
+    state = tmp_path / "state"
+    async with Engine(config(tiny_model_dir, state_dir=str(state))) as engine:
+        engine.watch("Which disk failed?")
+    (state / "watches.json").write_text('{"next_id": 2, "watches": [{"id": "x"}]}')
+    with pytest.raises(StateError, match=r"watches\.json: the saved watches cannot be read.*remove the file"):
+        async with Engine(config(tiny_model_dir, state_dir=str(state))):
+            pass
+    (state / "watches.json").unlink()
+    async with Engine(config(tiny_model_dir, state_dir=str(state))) as engine:  # the stream itself is intact
+        assert engine.watches() == [] and engine.recovery is not None

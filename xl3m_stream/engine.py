@@ -125,7 +125,7 @@ class Engine:
         self._tg.start_soon(self._batch_loop)
         if cfg.state_dir is not None:
             try:
-                await self._journal.open(first.scoring_model.name, self._feeder.backpressure)
+                await self._journal.open(first.scoring_model.name, self._feeder.backpressure, self._watches)
             except BaseException:
                 await self.aclose()  # (the task group must be left in this scope: no shield around it)
                 raise

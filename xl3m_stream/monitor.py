@@ -346,6 +346,39 @@ class Monitor:
         self._states[watch.id] = _State(window, lexicon)
         return watch
 
+    @property
+    def next_id(self) -> int:
+        """The id the next watch gets (ids are never reused, across restarts too)."""
+        return self._next_id
+
+    def reserve(self, next_id: int) -> None:
+        """Never hand out an id below ``next_id`` (a restart keeps the ids of removed watches used)."""
+        self._next_id = max(self._next_id, int(next_id))
+
+    def restore(self, watch: Watch) -> Watch:
+        """Register a saved watch under its own id (its values checked again, its running
+        statistics start empty). Raises InputError on a bad value or an id in use."""
+        if watch.id in self._watches or watch.id < 0:
+            raise InputError(f"watch id {watch.id!r} is in use or invalid")
+        checked = check_watch_options(
+            watch.question,
+            threshold=watch.threshold,
+            measure=watch.measure,
+            warmup=watch.warmup,
+            cooldown=watch.cooldown,
+            min_score=watch.min_score,
+            min_overlap=watch.min_overlap,
+            explain=watch.explain,
+            window=watch.window,
+        )
+        watch = msgspec.structs.replace(checked, id=watch.id)
+        self._watches[watch.id] = watch
+        self._states[watch.id] = _State(
+            watch.window, Lexicon(watch.question) if watch.min_overlap is not None else None
+        )
+        self._next_id = max(self._next_id, watch.id + 1)
+        return watch
+
     def remove(self, watch_id: int) -> Watch:
         """Stop watching; returns the removed watch. Raises InputError for an unknown id."""
         watch = self.get(watch_id)

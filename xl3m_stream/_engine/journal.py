@@ -40,6 +40,7 @@ from .intake import Intake
 from .questions import Questions
 from .queue import Pending, ScoringQueue
 from .signals import Signals
+from .watches import SavedWatches, Watches
 
 log = logging.getLogger("xl3m_stream.engine")
 
@@ -82,7 +83,12 @@ class Journal:
         self._snapshot_lock = anyio.Lock()
 
     # -- recovery ---------------------------------------------------------------------------
-    async def open(self, model_name: str, backpressure: Callable[[], Any]) -> None:
+    def save_watches(self, watches: SavedWatches) -> None:
+        """Keep the standing questions with the state (a restart watches them again)."""
+        if self.state is not None:
+            self.state.write_watches(msgspec.json.encode(watches))
+
+    async def open(self, model_name: str, backpressure: Callable[[], Any], watches: Watches) -> None:
         """Open ``config.state_dir``: restore its newest snapshot, replay the log records after it
         (``backpressure()`` awaited between record batches)."""
         cfg = self._config
@@ -105,6 +111,15 @@ class Journal:
                         self._note_input(rec.input)
                     self._counters["segments_cut"] += self._queue.put(self._intake.apply(rec, ids, ends))
                 await backpressure()
+            saved = await anyio.to_thread.run_sync(state.read_watches)
+            if saved is not None:
+                try:
+                    watches.restore(msgspec.json.decode(saved, type=SavedWatches))
+                except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+                    raise StateError(
+                        f"{state.path}/watches.json: the saved watches cannot be read ({exc}); "
+                        "remove the file to start without them"
+                    ) from None
             tokenizer, chars, held = state.resume
             self._intake.itok.restore(tokenizer)
             self._intake.chars = chars
@@ -118,6 +133,7 @@ class Journal:
         )
         self.state = state
         self.recovery = report
+        watches.on_change = self.save_watches  # from now on each change is saved
         log.info(
             "state %s: %s; snapshot %s, %d log records replayed, %d segments to score, %d tokens",
             state.path,

@@ -4,23 +4,35 @@ for the facade to emit (or to explain first, off the scoring path). See docs/MON
 
 from __future__ import annotations
 
+import logging
 import math
 import time
+from collections.abc import Callable
 from typing import Any, Literal
 
 import anyio
+import msgspec
 
 from ..errors import InputError
 from ..events import Alert
-from ..monitor import SIGNAL_MEASURES, Monitor, Threshold, WatchStats
+from ..monitor import SIGNAL_MEASURES, Monitor, Threshold, Watch, WatchStats
 from ..segment import Segment
 from .questions import Questions
 from .signals import Signals
 
+log = logging.getLogger("xl3m_stream.engine")
+
 MAX_EXPLAINING = 32
 """Alerts explained at once; beyond it an alert is emitted without an explanation."""
 
-Rows = dict[int, list[dict[str, float]]]  # watch id -> one score dict per segment
+Rows = dict[int, list[dict[str, float]]]
+
+
+class SavedWatches(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What a state dir keeps of the standing questions (``watches.json``)."""
+
+    next_id: int
+    watches: list[Watch]  # watch id -> one score dict per segment
 
 
 class Watches:
@@ -30,6 +42,7 @@ class Watches:
         self._signals = signals
         self._tokenizer = tokenizer
         self._ids: dict[int, tuple[int, ...]] = {}  # watch id -> question token ids
+        self.on_change: Callable[[SavedWatches], None] | None = None  # the journal saves them
         self.alerts_total = 0
         self.explaining = 0
         self._explained = anyio.Event()
@@ -60,11 +73,29 @@ class Watches:
             explain=explain,
         )
         self._ids[watch.id] = ids
+        self._changed()
         return watch.id
 
     def remove(self, watch_id: int) -> None:
         self.monitor.remove(watch_id)
         del self._ids[watch_id]
+        self._changed()
+
+    def restore(self, saved: SavedWatches) -> None:
+        """Watches saved by an earlier run, under their ids (statistics start empty)."""
+        self.monitor.reserve(saved.next_id)
+        for watch in saved.watches:
+            try:
+                if watch.measure == "dense" and not self._signals.dense:
+                    raise InputError("measure='dense' needs the dense signal, which is off")
+                _, ids = self._questions.encode(watch.question)
+                self._ids[self.monitor.restore(watch).id] = ids
+            except InputError as exc:  # e.g. a dense watch, the dense signal now off: the rest still run
+                log.warning("saved watch %d (%r) not restored: %s", watch.id, watch.question, exc)
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change(SavedWatches(next_id=self.monitor.next_id, watches=list(self.monitor)))
 
     def stats(self) -> list[WatchStats]:
         return [self.monitor.stats(w.id) for w in self.monitor]

@@ -8,6 +8,7 @@ Layout of a state directory::
     segments.log            header b"XL3MLOG\\x01", then framed records (StreamRecord)
     snapshot-<records>.bin  one framed EngineSnapshot each; the two newest are kept
     segments.log.corrupt-*  a torn or corrupt log tail moved aside at recovery (kept for you)
+    watches.json            the standing questions (JSON), rewritten atomically on each change
 
 Framing (log records and snapshots alike)::
 
@@ -49,6 +50,9 @@ STATE_KIND = "xl3m-stream-state"
 META_NAME = "meta.json"
 LOCK_NAME = "lock"
 LOG_NAME = "segments.log"
+WATCHES_NAME = "watches.json"
+"""The standing questions (JSON), rewritten atomically whenever one is added or removed."""
+MAX_WATCHES_BYTES = 1 << 20
 LOG_HEADER = b"XL3MLOG\x01"
 RECORD_MAGIC = b"XL3R"
 SNAPSHOT_MAGIC = b"XL3S"

@@ -30,12 +30,14 @@ from .format import (
     KEEP_SNAPSHOTS,
     LOCK_NAME,
     LOG_NAME,
+    MAX_WATCHES_BYTES,
     META_NAME,
     RECORD_MAGIC,
     SNAPSHOT_MAGIC,
     SNAPSHOT_RE,
     STATE_KIND,
     TMP_PREFIX,
+    WATCHES_NAME,
     EngineSnapshot,
     Fsync,
     InputMark,
@@ -277,6 +279,22 @@ class StateDir:
     @property
     def log_size(self) -> int:
         return self._cursor.offset
+
+    def write_watches(self, data: bytes) -> None:
+        """Replace the saved standing questions with ``data`` (atomic: old or new, never a mix)."""
+        write_atomic(self.path / WATCHES_NAME, data)
+
+    def read_watches(self) -> bytes | None:
+        """The saved standing questions, or None when none were saved."""
+        try:
+            fd = _open_file(self.path / WATCHES_NAME, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        with os.fdopen(fd, "rb") as f:
+            data = f.read(MAX_WATCHES_BYTES + 1)
+        if len(data) > MAX_WATCHES_BYTES:
+            raise StateError(f"{self.path / WATCHES_NAME} is over {MAX_WATCHES_BYTES} bytes: refused")
+        return data
 
     def check_writable(self) -> None:
         """Raise StateError if an earlier write failed: the engine then takes no more input."""
