@@ -273,7 +273,7 @@ class Reader:
         inputs = torch.tensor([list(prompt_ids)], dtype=torch.long, device=self.device)
         out = self.model(input_ids=inputs, use_cache=True, logits_to_keep=1, **{self._cache_arg: cache})
         produced: list[int] = []
-        emitted = ""
+        stops = _StopStrings(stop)
         for _ in range(max_new_tokens):
             if should_stop():
                 return
@@ -287,26 +287,50 @@ class Reader:
                 break
             produced.append(token)
             text = self.tokenizer.decode(produced, skip_special_tokens=True)
-            cut = _stop_index(text, stop)
-            if cut is not None:
-                if cut > len(emitted):
-                    yield text[len(emitted) : cut]
+            if piece := stops.step(text, hold=text.endswith("\ufffd")):  # (a split UTF-8 character)
+                yield piece
+            if stops.stopped:
                 return
-            # hold back a split UTF-8 character, and any text that may be the start of a stop string
-            safe = len(text) - _partial_stop(text, stop)
-            if not text.endswith("\ufffd") and safe > len(emitted):
-                yield text[len(emitted) : safe]
-                emitted = text[:safe]
             step = torch.tensor([[token]], dtype=torch.long, device=self.device)
             out = self.model(input_ids=step, use_cache=True, **{self._cache_arg: cache})
-        text = self.tokenizer.decode(produced, skip_special_tokens=True)
-        if len(text) > len(emitted) and text.startswith(emitted):
-            yield text[len(emitted) :]
+        if piece := stops.rest(self.tokenizer.decode(produced, skip_special_tokens=True)):
+            yield piece
 
 
 def _is_question(text: str) -> bool:
     """A real question (ends in "?"), not a cue for the model to continue."""
     return text.rstrip().endswith("?")
+
+
+class _StopStrings:
+    """A growing answer passed on in pieces with its stop strings applied (the local and the
+    remote reader's one rule): text that may still begin a stop string is held back, and the
+    answer ends at the first stop string after its first non-blank character (not passed on)."""
+
+    def __init__(self, stop: Sequence[str]) -> None:
+        self._stop = stop
+        self._emitted = ""
+        self.stopped = False
+
+    def step(self, text: str, *, hold: bool = False) -> str:
+        """The new piece of ``text`` (the whole answer so far) that may be passed on now ("" for
+        none); ``stopped`` is set at a stop string. ``hold``: pass nothing on yet."""
+        cut = _stop_index(text, self._stop)
+        if cut is not None:
+            self.stopped = True
+            return text[len(self._emitted) : cut] if cut > len(self._emitted) else ""
+        safe = len(text) - _partial_stop(text, self._stop)
+        if hold or safe <= len(self._emitted):
+            return ""
+        piece = text[len(self._emitted) : safe]
+        self._emitted = text[:safe]
+        return piece
+
+    def rest(self, text: str) -> str:
+        """At the end of the answer ``text``: what was held back and not passed on yet."""
+        if len(text) > len(self._emitted) and text.startswith(self._emitted):
+            return text[len(self._emitted) :]
+        return ""
 
 
 def _stop_index(text: str, stop: Sequence[str]) -> int | None:

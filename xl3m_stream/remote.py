@@ -44,7 +44,7 @@ from typing import Any
 from . import catalog
 from .config import EngineConfig, _check_api_key, _check_base_url, _url_for_display
 from .errors import ConfigError, ReaderError
-from .inference import SHORT_ANSWER_INSTRUCTION, _partial_stop, _stop_index
+from .inference import SHORT_ANSWER_INSTRUCTION, _StopStrings
 from .scoring import SEPARATOR
 from .tokenizer import data_tokenizer
 
@@ -284,7 +284,8 @@ class RemoteReader:
         self, response: Any, stop: Sequence[str], should_stop: Callable[[], bool], produced: list[int]
     ) -> Iterator[str]:
         """The text deltas of a streamed chat completion, stop strings applied."""
-        text = emitted = ""
+        text = ""
+        stops = _StopStrings(stop)
         for line in response.iter_lines():
             if should_stop():
                 return
@@ -298,20 +299,14 @@ class RemoteReader:
             if not delta:
                 continue
             text += delta
-            cut = _stop_index(text, stop)
-            if cut is not None:
-                if cut > len(emitted):
-                    produced[0] += cut - len(emitted)
-                    yield text[len(emitted) : cut]
+            if piece := stops.step(text):
+                produced[0] += len(piece)
+                yield piece
+            if stops.stopped:
                 return
-            safe = len(text) - _partial_stop(text, stop)  # hold back what may begin a stop string
-            if safe > len(emitted):
-                produced[0] += safe - len(emitted)
-                yield text[len(emitted) : safe]
-                emitted = text[:safe]
-        if len(text) > len(emitted):
-            produced[0] += len(text) - len(emitted)
-            yield text[len(emitted) :]
+        if piece := stops.rest(text):
+            produced[0] += len(piece)
+            yield piece
 
     def _delta(self, data: str) -> str:
         """The content of one ``data:`` event (a chat.completion.chunk), or ReaderError."""
