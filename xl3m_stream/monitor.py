@@ -339,12 +339,7 @@ class Monitor:
             explain=explain,
             window=window,
         )
-        watch = msgspec.structs.replace(checked, id=self._next_id)
-        lexicon = Lexicon(question) if watch.min_overlap is not None else None
-        self._next_id += 1
-        self._watches[watch.id] = watch
-        self._states[watch.id] = _State(window, lexicon)
-        return watch
+        return self._register(msgspec.structs.replace(checked, id=self._next_id))
 
     @property
     def next_id(self) -> int:
@@ -360,18 +355,11 @@ class Monitor:
         statistics start empty). Raises InputError on a bad value or an id in use."""
         if watch.id in self._watches or watch.id < 0:
             raise InputError(f"watch id {watch.id!r} is in use or invalid")
-        checked = check_watch_options(
-            watch.question,
-            threshold=watch.threshold,
-            measure=watch.measure,
-            warmup=watch.warmup,
-            cooldown=watch.cooldown,
-            min_score=watch.min_score,
-            min_overlap=watch.min_overlap,
-            explain=watch.explain,
-            window=watch.window,
-        )
-        watch = msgspec.structs.replace(checked, id=watch.id)
+        options = {k: v for k, v in msgspec.structs.asdict(watch).items() if k not in ("id", "question")}
+        return self._register(msgspec.structs.replace(check_watch_options(watch.question, **options), id=watch.id))
+
+    def _register(self, watch: Watch) -> Watch:
+        """Hold ``watch`` (checked) under its id; ids handed out later are above it."""
         self._watches[watch.id] = watch
         self._states[watch.id] = _State(
             watch.window, Lexicon(watch.question) if watch.min_overlap is not None else None
