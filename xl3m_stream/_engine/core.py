@@ -104,7 +104,7 @@ class Core:
                 out.events.append(SegmentKept(time=now, seq=seg.seq, start=seg.start, end=seg.end, score=score))
         await self._watches.add_signals(segments, texts, rows)
         self._signals.prune(self._store)
-        for alert, seg, explain in self._watches.check(segments, rows):
+        for alert, seg, explain in self._watches.check(segments, rows, texts):
             if explain and self._watches.begin_explaining():
                 out.explain.append((alert, seg))
             else:

@@ -113,10 +113,13 @@ class Watches:
             if wid in self.monitor and (watch := self.monitor.get(wid)).measure in SIGNAL_MEASURES:
                 await self._signals.for_watch(watch.question, watch.measure == "fused", segments, texts, watch_rows)
 
-    def check(self, segments: list[Segment], rows: Rows) -> list[tuple[Alert, Segment, bool]]:
+    def check(
+        self, segments: list[Segment], rows: Rows, decoded: list[str] | None = None
+    ) -> list[tuple[Alert, Segment, bool]]:
         """Each watched question's scores to the monitor: the alerts, each with its segment and
-        whether its watch wants it explained."""
-        texts: dict[int, str] = {}
+        whether its watch wants it explained. ``decoded``: the segments' texts, when the
+        batch already decoded them (the signals beside the certainty need them too)."""
+        texts: dict[int, str] = dict(zip((s.seq for s in segments), decoded)) if decoded is not None else {}
 
         def text_of(seg: Segment) -> str:  # decoded once, whatever the number of watches
             if seg.seq not in texts:
