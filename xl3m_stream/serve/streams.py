@@ -44,8 +44,12 @@ class ShuttingDownError(RuntimeError):
     """The server is shutting down: no new streams."""
 
 
+def is_stream_name(name: object) -> bool:
+    return isinstance(name, str) and NAME_RE.fullmatch(name) is not None and ".." not in name
+
+
 def check_name(name: str) -> str:
-    if not isinstance(name, str) or not NAME_RE.fullmatch(name) or ".." in name:
+    if not is_stream_name(name):
         raise StreamNameError(
             f"invalid stream name {name[:80]!r}: 1-64 characters from A-Z a-z 0-9 . _ -, "
             "starting with a letter or digit, no '..'"
@@ -80,7 +84,6 @@ class Streams:
         self.state_dir = Path(state_dir) if state_dir else None
         self.max_streams = max_streams
         self._streams: dict[str, Stream] = {}
-        self._starting: dict[str, anyio.Event] = {}
         self._tg: anyio.abc.TaskGroup | None = None
         self._lock = anyio.Lock()
         self.closing = False
@@ -92,8 +95,7 @@ class Streams:
         if self.state_dir is None:
             return
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        names = sorted(p.name for p in self.state_dir.iterdir() if p.is_dir() and NAME_RE.fullmatch(p.name))
-        names = [n for n in names if ".." not in n]
+        names = sorted(p.name for p in self.state_dir.iterdir() if p.is_dir() and is_stream_name(p.name))
         if len(names) > self.max_streams:
             log.warning("state dir holds %d streams, more than --max-streams %d: opening the first %d",
                         len(names), self.max_streams, self.max_streams)  # fmt: skip
@@ -110,9 +112,6 @@ class Streams:
         self._streams.clear()
 
     # ------------------------------------------------------------------ access
-    def names(self) -> list[str]:
-        return sorted(self._streams)
-
     def items(self) -> list[tuple[str, Stream]]:
         return sorted(self._streams.items())
 
