@@ -84,13 +84,7 @@ class Signals:
         other signals on, the score is the fusion of the signals' z-scores; otherwise the measure."""
         if texts is None or question is None:
             return [(finite(r[self.measure]), r) for r in results]
-        extra: list[dict[str, float]] = [{} for _ in segments]
-        if self.lexical is not None:
-            for row, value in zip(extra, self.bm25(question, texts)):
-                row["bm25"] = value
-        if self.dense:
-            for row, sim in zip(extra, await self.similarity(question, segments, texts)):
-                row["dense"] = sim
+        extra = await self._rows(question, segments, texts, lexical=True)
         out = []
         for r, row in zip(results, extra):
             signals = {"certainty": finite(r[self.measure])}
@@ -161,9 +155,19 @@ class Signals:
     ) -> None:
         """Add to a watch's score rows what its measure needs beside the certainty: ``dense``
         (and ``bm25`` for a fused watch). Passage vectors are kept: embedded once for all watches."""
-        if fused and self.lexical is not None:
+        for row, extra in zip(rows, await self._rows(question, segments, texts, lexical=fused)):
+            row.update(extra)
+
+    async def _rows(
+        self, question: str, segments: list[Segment], texts: list[str], *, lexical: bool
+    ) -> list[dict[str, float]]:
+        """Each segment's ``bm25`` (when ``lexical`` and the signal is on) and ``dense`` against
+        ``question``: the signals beside the certainty, for arrival and for watches alike."""
+        rows: list[dict[str, float]] = [{} for _ in segments]
+        if lexical and self.lexical is not None:
             for row, value in zip(rows, self.bm25(question, texts)):
                 row["bm25"] = value
         if self.dense:
             for row, sim in zip(rows, await self.similarity(question, segments, texts)):
                 row["dense"] = sim
+        return rows
