@@ -277,6 +277,7 @@ def test_cutter_replays_what_it_cut_live(layout: dict, stream: list[int], data: 
     ``LogReader`` do, give the same segments with the same metadata."""
     from xl3m_stream.segmenter import Cutter
 
+    layout = {**layout, "start_pos": 0}  # a stream's own offsets, as the engine, LogReader and the evaluation cut
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=12)))
     steps = []
     chars = 0
@@ -313,3 +314,10 @@ def _flat_segments(layout: dict, steps: list) -> list[Segment]:
         if cut:
             out += seg.flush()
     return out
+
+
+def test_cutter_needs_a_segmenter_at_the_streams_start() -> None:
+    from xl3m_stream.segmenter import Cutter
+
+    with pytest.raises(ValueError, match="starts at stream offset 0, not 5"):
+        Cutter(Segmenter(8, start_pos=5))  # its metadata lookups would be 5 tokens off

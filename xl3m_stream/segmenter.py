@@ -349,6 +349,10 @@ class Cutter:
     """
 
     def __init__(self, segmenter: Segmenter, index: MetaIndex | None = None) -> None:
+        """``segmenter`` at the stream's first token: the index counts tokens from 0, and a
+        segment's metadata is looked up by its offsets (restore both to move on together)."""
+        if index is None and segmenter.position != 0:
+            raise ValueError(f"a Cutter's segmenter starts at stream offset 0, not {segmenter.position}")
         self.segmenter = segmenter
         self.index = index if index is not None else MetaIndex()
 
