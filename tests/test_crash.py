@@ -22,6 +22,7 @@ import threading
 import time
 from pathlib import Path
 
+from crash_driver import config as driver_config
 from transformers import AutoTokenizer
 
 from xl3m_stream.cli import main as cli_main
@@ -48,7 +49,7 @@ def make_text(rng: random.Random, lines: int = 120) -> str:
 def reference(tokenizer, text: str, *, final: bool) -> tuple[list[int], list[tuple]]:
     """Token ids and segments the engine must hold once ``text`` was acknowledged."""
     itok = IncrementalTokenizer(tokenizer)
-    segmenter = Segmenter(32)
+    segmenter = Segmenter.for_config(driver_config("m", "s", "never"), tokenizer)  # the driver's layout
     ids = itok.push(text) + (itok.flush() if final else [])
     segments = segmenter.push(ids) + (segmenter.flush() if final else [])
     return ids, [(s.seq, s.start, s.end, s.tokens) for s in segments]

@@ -58,10 +58,12 @@ async def test_feed_flush_ask_end_to_end(tiny_model_dir, anyio_backend) -> None:
         evicted = {e.seq for e in seen if isinstance(e, SegmentEvicted)}
         assert len(scored) == stats.segments_scored
         assert {e.segment.seq for e in engine.store} == kept - evicted
-        # segments tile the stream: contiguous offsets, nothing lost or repeated
+        # segments tile the stream: each starts the configured overlap before the last one ended
+        overlap = engine.config.segment_overlap
+        assert overlap == 32 // 8  # "auto" resolved at start
         ordered = sorted(scored, key=lambda e: e.seq)
         assert ordered[0].start == 0 and ordered[-1].end == stats.tokens_in
-        assert all(a.end == b.start for a, b in zip(ordered, ordered[1:]))
+        assert all(b.start == a.end - overlap for a, b in zip(ordered, ordered[1:]))
 
 
 async def test_chunking_does_not_change_segments(tiny_model_dir, anyio_backend) -> None:
@@ -132,8 +134,11 @@ async def test_cancelled_feed_loses_nothing(tiny_model_dir, anyio_backend) -> No
         await engine.flush()
         scored = sorted((e for e in drain_events(events) if isinstance(e, SegmentScored)), key=lambda e: e.seq)
         assert scored[0].start == 0 and scored[-1].end == engine.stream_tokens
-        assert all(a.end == b.start for a, b in zip(scored, scored[1:]))
-        decoded = engine.tokenizer.decode([t for e in scored for t in _tokens(engine, e)])
+        overlap = engine.config.segment_overlap
+        assert all(b.start == a.end - overlap for a, b in zip(scored, scored[1:]))
+        decoded = engine.tokenizer.decode(
+            [t for i, e in enumerate(scored) for t in _tokens(engine, e)[overlap if i else 0 :]]
+        )
         assert decoded == TEXT + "The pass key is 12345."
         answer = await engine.ask("What is the pass key?")
         assert answer.segments

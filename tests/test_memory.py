@@ -58,7 +58,9 @@ async def test_memory_metadata_of_messages_and_documents(tiny_model_dir, anyio_b
         await memory.add_document("alpha beta gamma " * 8, name="greek.txt")
         await memory.engine.flush()
         entries = list(memory.engine.store)
-        text = memory.engine.tokenizer.decode([t for e in entries for t in e.segment.tokens])
+        overlap = memory.engine.config.segment_overlap  # consecutive segments repeat this many tokens
+        ids = [t for i, e in enumerate(entries) for t in e.segment.tokens[overlap if i else 0 :]]
+        text = memory.engine.tokenizer.decode(ids)
         assert text.startswith("user: one\nDocument greek.txt:\nalpha beta")
         assert entries[0].segment.meta["role"] == "user"
         assert entries[-1].segment.meta == {"document": "greek.txt"}

@@ -363,6 +363,36 @@ async def test_restart_goes_on_exactly_where_it_stopped(tiny_model_dir, tmp_path
     assert "café ok\n" in engine.tokenizer.decode(text.ids)
 
 
+async def test_auto_overlap_follows_the_state_dir_it_reopens(tiny_model_dir, tmp_path: Path, anyio_backend) -> None:
+    """``segment_overlap="auto"`` is segment_tokens // 8 for a new stream, and the overlap a
+    state dir was cut with when it reopens one (a dir written before the default changed keeps
+    its layout instead of being refused); a number that differs from the dir's is refused."""
+    text = "".join(f"line {i}: the pass key is not here.\n" for i in range(40))
+    old, new = tmp_path / "old", tmp_path / "new"
+    async with Engine(config(tiny_model_dir, old, segment_overlap=0)) as engine:
+        await engine.feed(text)
+    async with Engine(config(tiny_model_dir, new)) as engine:
+        assert engine.config.segment_overlap == 4  # 32 // 8
+        await engine.feed(text)
+        await engine.flush()
+    async with Engine(config(tiny_model_dir, old)) as engine:
+        assert engine.config.segment_overlap == 0  # what the dir was cut with
+        await engine.feed(text)
+        await engine.flush()
+    segs = read_stream(old).segments
+    assert all(b.start == a.end for a, b in zip(segs, segs[1:]))
+    segs = read_stream(new).segments
+    assert all(b.start == a.end - 4 for a, b in zip(segs, segs[1:]))
+    with pytest.raises(StateError, match=r"segment_overlap=0.*segment_overlap=4"):
+        async with Engine(config(tiny_model_dir, old, segment_overlap=4)):
+            pass
+    async with Engine(config(tiny_model_dir, tmp_path / "long", segment_tokens=64)) as engine:
+        assert engine.config.segment_overlap == 8
+    with pytest.raises(Exception, match="segment_overlap"):
+        EngineConfig(segment_tokens=32, segment_overlap=32)
+    assert EngineConfig(segment_tokens=256).overlap_tokens == 32
+
+
 async def test_a_crash_image_holds_everything_acknowledged(tiny_model_dir, tmp_path: Path, anyio_backend) -> None:
     """The directory as a killed process leaves it (no final snapshot) restores every feed that returned."""
     live, image = tmp_path / "live", tmp_path / "image"

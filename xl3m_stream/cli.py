@@ -155,13 +155,26 @@ def _engine_options(p: argparse.ArgumentParser) -> None:
         help="relevance signals, comma-separated: certainty (always), lexical, dense (default: all three)",
     )
     g.add_argument("--segment-tokens", type=int, help="tokens per segment")
-    g.add_argument("--segment-overlap", type=int, help="tokens consecutive segments share (0: none)")
+    g.add_argument(
+        "--segment-overlap",
+        type=_overlap,
+        help="tokens consecutive segments share: a number (0: none) or auto (a state dir's, else segment/8)",
+    )
     g.add_argument("--context-tokens", type=int, help="key-context budget in tokens")
     g.add_argument("--max-new-tokens", type=int, help="most answer tokens")
     g.add_argument("--batch-size", type=int, help="segments per scoring pass")
     g.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
     g.add_argument("--allow-download", action="store_true", default=None, help="fetch HF ids missing locally")
     g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar on stderr")
+
+
+def _overlap(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of tokens or auto, got {value!r}") from None
 
 
 def _input_options(p: argparse.ArgumentParser) -> None:

@@ -65,8 +65,11 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     # --- segments and scoring -------------------------------------------------------
     segment_tokens: Annotated[int, Meta(ge=8, le=32768)] = 256
     """Tokens per segment (the unit of scoring and of the key context)."""
-    segment_overlap: NonNegInt = 0
-    """Tokens repeated at the start of each segment from the end of the previous one."""
+    segment_overlap: NonNegInt | Literal["auto"] = "auto"
+    """Tokens repeated at the start of each segment from the end of the previous one, so evidence
+    cut at a boundary is whole in one segment. ``"auto"``: what an existing ``state_dir`` was cut
+    with, else ``segment_tokens // 8`` (32 for 256-token segments: measured in docs/RESULTS.md,
+    "Held-out samples"). A started engine's ``config`` holds the number it uses."""
     segment_cut: Literal["tokens", "lines"] = "tokens"
     """``"lines"`` ends a segment after the last newline that fits, so log lines stay whole."""
     question: str | None = None
@@ -99,7 +102,7 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     """Most segments kept as candidates (the least relevant is evicted first)."""
     store_tokens: Annotated[int, Meta(ge=1)] | None = None
     """Optional bound on the tokens kept as candidates."""
-    context_tokens: Annotated[int, Meta(ge=1)] = 1024
+    context_tokens: Annotated[int, Meta(ge=1)] = 2048
     """Key-context budget (segment tokens; the few tokens of gap markers between segments come on
     top); capped at the reader's window minus the question and ``max_new_tokens``."""
     local_window_tokens: NonNegInt = 0
@@ -174,7 +177,7 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
                 if info.name in _SECRET_FIELDS:  # the message would quote the value
                     raise ConfigError(f"{info.name}: expected a string or None") from None
                 raise
-        if self.segment_overlap >= self.segment_tokens:
+        if self.segment_overlap != "auto" and self.segment_overlap >= self.segment_tokens:
             raise ConfigError(
                 f"segment_overlap ({self.segment_overlap}) must be smaller than segment_tokens ({self.segment_tokens})"
             )
@@ -215,6 +218,12 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
             raise ConfigError(
                 f"reader_window ({self.reader_window}) must be larger than max_new_tokens ({self.max_new_tokens})"
             )
+
+    @property
+    def overlap_tokens(self) -> int:
+        """``segment_overlap`` as a number: ``segment_tokens // 8`` for ``"auto"`` without a state
+        dir to follow (an engine on a state dir follows the overlap it was cut with)."""
+        return self.segment_tokens // 8 if self.segment_overlap == "auto" else self.segment_overlap
 
     # --- construction helpers -------------------------------------------------------
     @classmethod

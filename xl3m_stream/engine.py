@@ -30,7 +30,7 @@ from ._engine.core import COUNTERS, Core
 from ._engine.dispatch import Dispatcher
 from ._engine.feeding import FEED_SLICE_CHARS, FEED_SLICE_TOKENS, THREAD_TOKENIZE_CHARS, Feeder
 from ._engine.intake import Intake
-from ._engine.journal import INPUTS_KEPT, Journal
+from ._engine.journal import INPUTS_KEPT, Journal, resolve_overlap
 from ._engine.questions import QUESTION_KEYS_KEPT, Questions
 from ._engine.queue import Pending, ScoringQueue
 from ._engine.select import Selector
@@ -95,6 +95,7 @@ class Engine:
         cfg = self.config
         if cfg.state_dir is not None:
             check_state_dir(cfg.state_dir)  # a bad path fails before the model loads
+        cfg = self.config = resolve_overlap(cfg)
         if self._given is not None:
             self._pool = DevicePool.from_models([wrap(*self._given)], cfg)
         else:

@@ -98,7 +98,7 @@ class Segmenter:
         """The segmenter an engine with ``config`` (an :class:`~xl3m_stream.EngineConfig`) cuts
         its stream with: the one place the engine and the evaluation build it from settings."""
         boundary = newline_token_ids(tokenizer) if config.segment_cut == "lines" else None
-        return cls(config.segment_tokens, overlap=config.segment_overlap, boundary_ids=boundary)
+        return cls(config.segment_tokens, overlap=config.overlap_tokens, boundary_ids=boundary)
 
     def __init__(
         self,

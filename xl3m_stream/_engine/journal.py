@@ -29,6 +29,7 @@ from ..persistence import (
     PendingSegment,
     RecoveryReport,
     StateDir,
+    read_meta,
     tokenizer_fingerprint,
 )
 from ..relevance import ArrivalFusion, LexicalIndex
@@ -46,6 +47,21 @@ log = logging.getLogger("xl3m_stream.engine")
 
 INPUTS_KEPT = 1024
 """Inputs (ingested files) whose latest mark a state remembers for resuming."""
+
+
+def resolve_overlap(config: EngineConfig) -> EngineConfig:
+    """``config`` with ``segment_overlap="auto"`` made a number: the overlap an existing state
+    dir was cut with (same segment length and cut), so reopening it never trips the layout check;
+    else ``config.overlap_tokens``."""
+    if config.segment_overlap != "auto":
+        return config
+    overlap = config.overlap_tokens
+    meta = read_meta(config.state_dir) if config.state_dir is not None else None
+    if meta is not None:
+        lay = meta.layout
+        if (lay.segment_tokens, lay.segment_cut) == (config.segment_tokens, config.segment_cut):
+            overlap = lay.segment_overlap
+    return config.replace(segment_overlap=overlap)
 
 
 def next_items(items: Iterator[Any], n: int = 256) -> list[Any]:
@@ -151,7 +167,7 @@ class Journal:
         vocab = backend_tokenizer(tok).get_vocab(with_added_tokens=True)
         return Layout(
             segment_tokens=cfg.segment_tokens,
-            segment_overlap=cfg.segment_overlap,
+            segment_overlap=cfg.overlap_tokens,
             segment_cut=cfg.segment_cut,
             boundary_ids=sorted(newline_token_ids(tok)) if cfg.segment_cut == "lines" else None,
             vocab_size=len(tok),
