@@ -205,7 +205,17 @@ def run_watch(
     for dev in args.device or []:
         cmd += ["--device", dev]
     if dump:
-        cmd += [f"--threshold={DUMP_THRESHOLD}", "--warmup", "0", "--cooldown", "0", "--no-lexical"]
+        # a fused watch computes every signal (the certainty measures, BM25, dense): any measure replays
+        cmd += [
+            f"--threshold={DUMP_THRESHOLD}",
+            "--warmup",
+            "0",
+            "--cooldown",
+            "0",
+            "--no-lexical",
+            "--measure",
+            "fused",
+        ]
     else:
         cmd += [f"--threshold={args.threshold}", "--cooldown", str(args.cooldown), "--measure", args.measure]
         if args.warmup is not None:
