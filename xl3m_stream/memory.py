@@ -28,7 +28,7 @@ from collections.abc import AsyncIterable, Iterable
 from typing import Any
 
 from ._portal import LoopThread
-from ._sources.iterables import _items, _turn_fields
+from ._sources.iterables import _items, _turn_fields, role_problem, turn_text
 from .config import EngineConfig
 from .engine import Answer, Engine
 from .errors import InputError
@@ -98,16 +98,19 @@ class AgentMemory:
     # --- writing -------------------------------------------------------------------------
     async def add(self, text: str, role: str | None = None) -> int:
         """Remember one message: ``"role: text"`` when a role is given (as
-        :func:`~xl3m_stream.sources.chat_turns` writes chat turns), else the text alone.
+        :func:`~xl3m_stream.sources.chat_turns` writes chat turns: later lines indented, so none
+        poses as another turn), else the text alone.
 
         Segments record ``{"role": role, "turn": n}`` as metadata. Returns the tokens taken in.
         """
         if not isinstance(text, str):
             raise InputError(f"a message must be a str, got {type(text).__name__}")
-        if role is not None and (not isinstance(role, str) or not role.strip()):
-            raise InputError("role must be a non-empty string or None")
+        if role is not None:
+            problem = role_problem(role) if isinstance(role, str) else "role must be a string or None"
+            if problem:
+                raise InputError(problem)
         self._turns += 1
-        body = f"{role}: {text}" if role else text
+        body = turn_text(role, text) if role else text
         meta: dict[str, Any] = {"turn": self._turns}
         if role:
             meta["role"] = role

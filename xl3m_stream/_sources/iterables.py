@@ -45,11 +45,31 @@ def _turn_fields(turn: Any, n: int) -> tuple[str, str]:
         raise TypeError(
             f"turn {n}: role and content must be str, got {type(role).__name__} and {type(content).__name__}"
         )
+    problem = role_problem(role)
+    if problem:
+        raise TypeError(f"turn {n}: {problem}")
     return role, content
 
 
+def role_problem(role: str) -> str | None:
+    """Why ``role`` cannot head a chat turn (None: it can): one line, no colon, not blank."""
+    if not role.strip():
+        return "role must not be empty"
+    if len(role.splitlines()) != 1 or role != role.strip() or ":" in role:
+        return f"role must be one word or line without a colon, got {role[:40]!r}"
+    return None
+
+
+def turn_text(role: str, content: str) -> str:
+    """``"role: content\\n"`` with the content's later lines indented by two spaces, so that no
+    line of a message reads as a turn of its own (a ``"user: ..."`` line inside a document or
+    an assistant reply cannot pose as the user). Line breaks of any kind become ``"\\n"``."""
+    return f"{role}: " + "\n  ".join(content.splitlines() or [""]) + "\n"
+
+
 async def chat_turns(turns: AsyncIterable[Any] | Iterable[Any]) -> AsyncIterator[TextChunk]:
-    """Yield chat turns as ``"{role}: {content}\\n"`` with ``meta {"role": role, "turn": n}``.
+    """Yield chat turns as ``"{role}: {content}\\n"`` (:func:`turn_text`: the content's later
+    lines indented) with ``meta {"role": role, "turn": n}``.
 
     A turn is a ``(role, text)`` tuple (or 2-item list), a mapping with ``"role"`` and
     ``"content"``, or an object with ``.role`` and ``.content`` (a msgspec Struct, a
@@ -61,7 +81,7 @@ async def chat_turns(turns: AsyncIterable[Any] | Iterable[Any]) -> AsyncIterator
         async for turn in items:
             n += 1
             role, content = _turn_fields(turn, n)
-            yield TextChunk(text=f"{role}: {content}\n", meta={"role": role, "turn": n})
+            yield TextChunk(text=turn_text(role, content), meta={"role": role, "turn": n})
 
 
 _BYTES_LIKE = (bytes, bytearray, memoryview)
