@@ -485,6 +485,7 @@ EXPECTED_EXPORTS: dict[str, Any] = {
             "stream_tokens": "property",
             "tokenizer": "property",
             "unwatch": "def (self, watch_id: 'int') -> 'None'",
+            "wait_for_room": "async def (self) -> 'None'",
             "watch": "def (self, question: 'str', *, threshold: 'str | float | Threshold' = "
             "'z2', measure: 'str' = 'nll', warmup: 'int | None' = None, cooldown: 'int' "
             "= 1, min_score: 'float | None' = None, min_overlap: \"float | "
@@ -785,6 +786,7 @@ EXPECTED_EXPORTS: dict[str, Any] = {
             "stream_tokens": "property",
             "tokenizer": "property",
             "unwatch": "def (self, watch_id: 'int') -> 'None'",
+            "wait_for_room": "def (self) -> 'None'",
             "watch": "def (self, question: 'str', *, threshold: 'str | float | Threshold' = "
             "'z2', measure: 'str' = 'nll', warmup: 'int | None' = None, cooldown: "
             "'int' = 1, min_score: 'float | None' = None, min_overlap: \"float | "

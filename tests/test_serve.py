@@ -36,8 +36,8 @@ def _free_port() -> int:
 
 
 class Server:
-    def __init__(self, model_dir: Path, state_dir: Path) -> None:
-        self.model_dir, self.state_dir = model_dir, state_dir
+    def __init__(self, model_dir: Path, state_dir: Path, extra: tuple[str, ...] = ()) -> None:
+        self.model_dir, self.state_dir, self.extra = model_dir, state_dir, extra
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
         self.log = state_dir.parent / "server.log"
@@ -48,7 +48,8 @@ class Server:
         args = [sys.executable, "-m", "xl3m_stream.cli", "serve", "--port", str(port), "--api-key", KEY,
                 "--state-dir", str(self.state_dir), "--max-body", str(MAX_BODY), "--model", str(self.model_dir),
                 "--device", "cpu", "--dtype", "float32", "--segment-tokens", "32", "--batch-size", "4",
-                "--context-tokens", "160", "--max-new-tokens", "6", "--relevance", "certainty,lexical"]  # fmt: skip
+                "--context-tokens", "160", "--max-new-tokens", "6", "--relevance", "certainty,lexical",
+                *self.extra]  # fmt: skip
         env = {**os.environ, "XL3M_STREAM_RELEVANCE": '["certainty", "lexical"]'}
         env.pop(API_KEY_ENV, None)
         self._log = open(self.log, "ab")  # noqa: SIM115 (closed in stop)
@@ -375,7 +376,9 @@ def test_sigterm_then_restart_keeps_every_acknowledged_token(server: Server) -> 
             r = http.post("/v1/streams/durable/feed", content=text.encode())
             assert r.status_code == 200
             acked = r.json()["stream_tokens"]
-        http.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi?"}], "user": "chat2"})
+        chat = [{"role": "user", "content": TEXT}, {"role": "user", "content": "hi?"}]
+        r = http.post("/v1/chat/completions", json={"messages": chat, "user": "chat2"})
+        chat_tokens = r.json()["xl3m_stream"]["stream_tokens"]
     assert server.stop() in (0, -signal.SIGTERM)
     contents = read_stream(server.state_dir / "durable")
     assert contents.chars == sum(len(t) for t in texts)
@@ -386,6 +389,92 @@ def test_sigterm_then_restart_keeps_every_acknowledged_token(server: Server) -> 
         r = http.post("/v1/streams/durable/ask", json={"question": "What is the value of item 3?"})
         assert r.status_code == 200, r.text
         assert r.json()["stream_tokens"] >= acked
+        # the chat history resent after the restart is not fed again; a new message is
+        r = http.post("/v1/chat/completions", json={"messages": chat, "user": "chat2"})
+        assert r.status_code == 200, r.text
+        assert r.json()["xl3m_stream"]["stream_tokens"] == chat_tokens
+        chat += [{"role": "assistant", "content": "ok"}, {"role": "user", "content": "and then?"}]
+        r = http.post("/v1/chat/completions", json={"messages": chat, "user": "chat2"})
+        assert r.json()["xl3m_stream"]["stream_tokens"] > chat_tokens
+
+
+# --------------------------------------------------------------------------- limits (429)
+@pytest.fixture(scope="module")
+def tight(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A server whose scoring lags on purpose: one segment may wait to be scored, and a batch
+    waits 5 s to fill up, so a feed of a few segments holds the queue full for seconds."""
+    folder = tmp_path_factory.mktemp("tight")
+    cfg = folder / "engine.json"
+    cfg.write_text(json.dumps({"max_pending_segments": 1, "batch_wait_ms": 5000}))
+    srv = Server(tiny_model_dir, folder / "state", ("--max-streams", "2", "--feed-timeout", "0.5",
+                                                    "--config", str(cfg), "--batch-size", "64"))  # fmt: skip
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+def _queue_depth(http: Any, name: str) -> float:
+    for line in http.get("/metrics").text.splitlines():
+        if line.startswith(f'xl3m_stream_queue_depth{{stream="{name}"}}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_a_feed_with_no_room_is_429_and_takes_nothing(tight: Server) -> None:
+    import threading
+
+    first: dict[str, Any] = {}
+    with tight.client() as http:
+        assert http.post("/v1/streams/busy/feed", content=b"warm up.\n").status_code == 200
+
+        def feed_first() -> None:  # several segments: the queue is over its bound until the batch runs
+            with tight.client() as own:
+                first["r"] = own.post("/v1/streams/busy/feed", content=TEXT.encode())
+
+        thread = threading.Thread(target=feed_first)
+        thread.start()
+        deadline = time.monotonic() + 20
+        while _queue_depth(http, "busy") <= 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _queue_depth(http, "busy") > 1, "the first feed never filled the queue"
+        r = http.post("/v1/streams/busy/feed", content=b"second feed, refused.\n")
+        assert r.status_code == 429, r.text
+        assert int(r.headers["Retry-After"]) >= 1
+        assert r.json()["error"]["type"] == "backpressure" and "nothing of this request" in r.json()["error"]["message"]
+        thread.join(60)
+        assert first["r"].status_code == 200, first["r"].text  # the body being taken was taken whole
+        r = http.post("/v1/streams/busy/feed", content=b"second feed, sent again.\n")
+        assert r.status_code == 200
+        assert http.post("/v1/streams/busy/flush").status_code == 200
+    # the refused body is not in the stream; the one sent again is, once (read from its log)
+    tight.stop()
+    text = _stream_text(tight.model_dir, tight.state_dir / "busy")
+    assert "refused" not in text and text.count("sent again") == 1 and TEXT in text
+    tight.start()
+
+
+def _stream_text(model_dir: Path, state: Path) -> str:
+    from transformers import AutoTokenizer
+
+    from xl3m_stream.persistence import read_stream
+
+    contents = read_stream(state)
+    return AutoTokenizer.from_pretrained(model_dir).decode(contents.ids) + contents.pending_text
+
+
+def test_streams_past_the_cap_are_429(tight: Server) -> None:
+    with tight.client() as http:
+        names = {s["name"] for s in http.get("/v1/streams").json()["streams"]}
+        for name in ("cap-a", "cap-b", "cap-c"):
+            if len(names) >= 2:
+                break
+            assert http.post(f"/v1/streams/{name}/feed", content=b"hello.\n").status_code == 200
+            names.add(name)
+        r = http.post("/v1/streams/one-too-many/feed", content=b"hello.\n")
+        assert r.status_code == 429 and r.json()["error"]["type"] == "stream_limit"
+        r = http.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi?"}], "user": "other"})
+        assert r.status_code == 429
+        assert http.get("/v1/streams/one-too-many/ask").status_code in (404, 405)
 
 
 def test_import_does_not_pull_in_the_server() -> None:

@@ -201,6 +201,13 @@ class Engine:
         await self.drain()
         return released
 
+    async def wait_for_room(self) -> None:
+        """Wait until a feed would not wait on backpressure (at most ``max_pending_segments``
+        segments waiting to be scored). A server bounds this wait to refuse a body before
+        taking any of it (429, safe to retry whole) rather than part of it."""
+        self._check_writable()
+        await self._feeder.backpressure()
+
     async def drain(self) -> None:
         """Wait until every segment cut so far has been scored (or has failed)."""
         self._check_open()

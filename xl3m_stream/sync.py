@@ -118,6 +118,9 @@ class SyncEngine:
     def drain(self) -> None:
         self._call(self._engine.drain)
 
+    def wait_for_room(self) -> None:
+        self._call(self._engine.wait_for_room)
+
     def set_question(self, question: str | None) -> None:
         self._call(self._engine.set_question, question)
 

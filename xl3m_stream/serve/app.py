@@ -40,7 +40,8 @@ class ServeSettings:
     max_body: int = 8 * 1024 * 1024
     """Largest request body in bytes (413 beyond)."""
     feed_timeout: float = 30.0
-    """Seconds a feed may wait on backpressure before it is answered 429 with Retry-After."""
+    """Seconds a feed waits for room in the scoring queue before it is answered 429 with
+    Retry-After (nothing of it taken then); once a body is being taken it is taken whole."""
     max_streams: int = 16
     """Streams the server holds at most (each is an engine with its own model copy): 429 beyond."""
     state_dir: str | None = None
@@ -92,18 +93,23 @@ def stopping(request: Request) -> Any:
 
 
 async def feed_items(request: Request, stream: Stream, items: list[Any]) -> int:
+    """Feed ``items`` in order. Waits up to ``feed_timeout`` for room in the scoring queue and
+    answers 429 (Retry-After) if none comes: then nothing of the request was taken, so it can be
+    sent again whole. Once begun, a body is taken whole (the request waits on backpressure)."""
     settings: ServeSettings = request.app.state.settings
     try:
-        return await streams_of(request).feed(stream, items, settings.feed_timeout)
+        with anyio.fail_after(settings.feed_timeout):
+            await stream.engine.wait_for_room()
     except TimeoutError:
         retry = str(max(1, math.ceil(settings.feed_timeout / 10)))
         raise ApiError(
             429,
-            f"the stream is busy (backpressure for over {settings.feed_timeout:g} s); what was taken in before "
-            f"now is kept (stream_tokens: {stream.engine.stream_tokens}): retry the rest later",
+            f"the stream is busy (scoring lags behind the feeds; no room for {settings.feed_timeout:g} s): "
+            "nothing of this request was taken, send it again later",
             "backpressure",
             {"Retry-After": retry},
         ) from None
+    return await streams_of(request).feed(stream, items)
 
 
 # ---------------------------------------------------------------------- bodies

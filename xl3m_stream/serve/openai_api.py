@@ -3,11 +3,15 @@
 A chat completion feeds the conversation into a stream, then asks its last user message over
 it. The stream is named by the request's ``user`` field, else the ``X-Xl3m-Stream`` header,
 else ``default``. Clients resend the whole history with every request; the stream remembers
-(digests of) the messages it was fed, in order, and feeds only those after the longest prefix
-already fed, so a history is never fed twice. Messages are fed as chat turns
-(``"role: content\\n"``, :func:`xl3m_stream.sources.chat_turns`); the reader's prompt keeps
-special-token strings in stream text as plain text, so fed text cannot forge the reader's own
-chat turns (see :mod:`xl3m_stream.inference`).
+(chained digests of) the messages it was fed, in order, and feeds only those after the longest
+prefix already fed, so a history is never fed twice. With a state dir the count and the last
+chained digest are logged after each message (an input mark), so this holds across restarts
+(a crash between a message and its mark feeds that one message again: at least once, never
+lost). Messages are fed as chat turns (``"role: content\\n"``,
+:func:`xl3m_stream.sources.chat_turns`, which indents a message's later lines so that none of
+them reads as a turn of its own); the reader's prompt keeps special-token strings in stream
+text as plain text, so fed text cannot forge the reader's own chat turns (see
+:mod:`xl3m_stream.inference`).
 """
 
 from __future__ import annotations
@@ -23,9 +27,12 @@ from starlette.responses import JSONResponse, Response
 
 from . import sse
 from .app import ApiError, _chain, _first, _public, decode, feed_items, read_body, streams_of
-from .streams import DEFAULT_STREAM, Stream, message_digest
+from .streams import DEFAULT_STREAM, Stream, chain_digests
 
 STREAM_HEADER = "x-xl3m-stream"
+CHAT_SOURCE = "chat:messages"
+"""The input (``Engine.mark_input``) under which a stream with a state dir logs how many chat
+messages it holds and the digest of their chain: a restarted server still feeds only new ones."""
 
 
 class Message(msgspec.Struct):
@@ -66,19 +73,26 @@ async def models(request: Request) -> Response:
 async def _feed_conversation(request: Request, stream: Stream, turns: list[tuple[str, str]]) -> None:
     from ..sources import TextChunk, chat_turns
 
-    digests = [message_digest(role, content) for role, content in turns]
+    chain = chain_digests(turns)
+    engine = stream.engine
     async with stream.chat_lock:
         fed = stream.chat_fed
+        if not fed and engine.config.state_dir is not None:  # first chat since a (re)start
+            mark, _ = engine.input_resume(CHAT_SOURCE)
+            if mark is not None and 0 < mark.taken <= len(chain) and chain[mark.taken - 1] == mark.digest:
+                fed.extend(chain[: mark.taken])  # the history fed before the restart
         k = 0
-        while k < min(len(fed), len(digests)) and fed[k] == digests[k]:
+        while k < min(len(fed), len(chain)) and fed[k] == chain[k]:
             k += 1
         del fed[k:]  # a history that diverges from what was fed continues from where it diverges
         n = k
         async for chunk in chat_turns(turns[k:]):
             meta = {**(chunk.meta or {}), "turn": n + 1}
             await feed_items(request, stream, [TextChunk(text=chunk.text, meta=meta)])
-            fed.append(digests[n])
+            fed.append(chain[n])
             n += 1
+            if engine.config.state_dir is not None:  # logged after the message: at worst fed twice
+                await engine.mark_input(CHAT_SOURCE, n, complete=True, digest=chain[n - 1])
 
 
 async def chat_completions(request: Request) -> Response:

@@ -66,14 +66,22 @@ class Stream:
     name: str
     engine: Any
     chat_fed: list[str] = field(default_factory=list)
-    """Digests of the chat messages fed so far, in order (a resent history is not fed again)."""
+    """Chained digests of the chat messages fed so far (:func:`chain_digests`; a resent history
+    is not fed again)."""
     chat_lock: anyio.Lock = field(default_factory=anyio.Lock)
     stop: anyio.Event = field(default_factory=anyio.Event)
     done: anyio.Event = field(default_factory=anyio.Event)
 
 
-def message_digest(role: str, content: str) -> str:
-    return hashlib.sha256(f"{len(role)}:{role}\0{content}".encode("utf-8", "surrogatepass")).hexdigest()
+def chain_digests(turns: Sequence[tuple[str, str]]) -> list[str]:
+    """``out[i]``: SHA-256 (hex) over messages ``0..i`` (each role and content, length-framed), so
+    equal digests at ``i`` mean equal histories up to ``i``."""
+    out, prev = [], ""
+    for role, content in turns:
+        data = f"{prev}\0{len(role)}:{role}\0{content}".encode("utf-8", "surrogatepass")
+        prev = hashlib.sha256(data).hexdigest()
+        out.append(prev)
+    return out
 
 
 class Streams:
@@ -164,10 +172,9 @@ class Streams:
             self._streams.pop(name, None)
             done.set()
 
-    async def feed(self, stream: Stream, items: Sequence[Any], timeout: float | None) -> int:
-        """Feed ``items`` in order; TimeoutError after ``timeout`` seconds of backpressure."""
+    async def feed(self, stream: Stream, items: Sequence[Any]) -> int:
+        """Feed ``items`` in order (waiting on backpressure as long as it takes)."""
         tokens = 0
-        with anyio.fail_after(timeout):
-            for item in items:
-                tokens += await stream.engine.feed(item)
+        for item in items:
+            tokens += await stream.engine.feed(item)
         return tokens
