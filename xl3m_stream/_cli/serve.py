@@ -96,7 +96,7 @@ def add_serve_command(sub: Any, engine_options: Any, seconds: Any) -> None:
         type=seconds,
         default=30.0,
         metavar="SECONDS",
-        help="how long a feed waits on backpressure before 429 (default 30)",
+        help="how long a feed waits for room in the scoring queue before 429, nothing taken (default 30)",
     )
     p.add_argument(
         "--shutdown-timeout",
