@@ -547,6 +547,7 @@ EXPECTED_EXPORTS: dict[str, Any] = {
             "reader_api_key": "str | None = None",
             "reader_timeout_s": "Annotated[float, Meta(gt=0, le=3600)] = 60.0",
             "reader_attempts": "Annotated[int, Meta(ge=1, le=20)] = 4",
+            "reader_concurrency": "Annotated[int, Meta(ge=1, le=256)] | None = None",
             "events_buffer": "Annotated[int, Meta(ge=1, le=10000000)] = 1024",
             "seed": "NonNegInt = 0",
             "state_dir": "str | None = None",
@@ -880,6 +881,7 @@ EXPECTED_CONFIG_FIELDS: dict[str, str] = {
     "reader_api_key": "str | None = None",
     "reader_timeout_s": "Annotated[float, Meta(gt=0, le=3600)] = 60.0",
     "reader_attempts": "Annotated[int, Meta(ge=1, le=20)] = 4",
+    "reader_concurrency": "Annotated[int, Meta(ge=1, le=256)] | None = None",
     "events_buffer": "Annotated[int, Meta(ge=1, le=10000000)] = 1024",
     "seed": "NonNegInt = 0",
     "state_dir": "str | None = None",
@@ -1300,8 +1302,8 @@ EXPECTED_IMPORTED: dict[str, dict[str, str]] = {
         "batch_wait_ms, max_pending_segments, store_segments, store_tokens, "
         "context_tokens, local_window_tokens, rescore, max_new_tokens, temperature, "
         "stop, reader_prompt, answer_style, reader_window, reader_base_url, "
-        "reader_api_key, reader_timeout_s, reader_attempts, events_buffer, seed, "
-        "state_dir, fsync, fsync_interval_s, snapshot_every_s, "
+        "reader_api_key, reader_timeout_s, reader_attempts, reader_concurrency, "
+        "events_buffer, seed, state_dir, fsync, fsync_interval_s, snapshot_every_s, "
         "snapshot_every_segments)",
         "SegmentScored": "struct (time, seq, start, end, score, scores, question_id)",
         "SyncEngine": "class (self, config: 'EngineConfig | None' = None, *, model: 'Any' = None, "

@@ -181,6 +181,31 @@ async def test_ask_stream_passes_pieces_on_as_they_arrive(tiny_model_dir, server
         assert rest == [" beta"]
 
 
+@pytest.mark.parametrize("slots", [None, 1])
+async def test_remote_answers_run_side_by_side(tiny_model_dir, server, slots) -> None:
+    """A remote reader writes several answers at once (8 by default): two asks are both at the
+    server before either ends. With ``reader_concurrency=1`` the second waits for the first."""
+    state, base = server
+    state.script = [("gated", "7143", "2"), ("gated", "7143", "2")]
+    async with Engine(remote_config(tiny_model_dir, base, reader_concurrency=slots)) as engine:
+        await engine.process([PASSKEY_TEXT])
+        answers: list[str] = []
+
+        async def ask() -> None:
+            answers.append((await engine.ask(QUESTION)).text)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ask)
+            tg.start_soon(ask)
+            with anyio.move_on_after(5):
+                while len(state.requests) < 2:
+                    await anyio.sleep(0.02)
+            both_in_flight = len(state.requests) == 2
+            state.release.set()
+        assert answers == ["71432", "71432"]
+        assert both_in_flight == (slots is None)
+
+
 async def test_a_stop_string_ends_the_answer_there(tiny_model_dir, server) -> None:
     state, base = server
     state.answer = ["\n", "Paris", " is it.\nAnd", " more"]  # short answers stop at the end of their line

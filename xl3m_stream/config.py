@@ -145,6 +145,9 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     reader_attempts: Annotated[int, Meta(ge=1, le=20)] = 4
     """Remote reader: tries per answer on HTTP 429, 5xx and connection errors (exponential backoff
     with jitter between them, or the server's ``Retry-After``)."""
+    reader_concurrency: Annotated[int, Meta(ge=1, le=256)] | None = None
+    """Answers generated at once per replica. ``None``: 1 for a local reader (one model: a second
+    answer would only take its cores), 8 for a remote one (the server batches what it is sent)."""
 
     # --- events and state -----------------------------------------------------------
     events_buffer: Annotated[int, Meta(ge=1, le=10_000_000)] = 1024

@@ -55,13 +55,26 @@ def check_max_new_tokens(value: Any) -> None:
         raise InputError(f"max_new_tokens must be an int from 1 to 32768 (or None), got {value!r}")
 
 
+REMOTE_READER_SLOTS = 8
+"""Answers in flight at once on a remote reader unless ``reader_concurrency`` says otherwise."""
+
+
+def reader_slots(config: EngineConfig, reader: Any) -> int:
+    """How many answers ``reader`` writes at once (``EngineConfig.reader_concurrency``)."""
+    from ..remote import RemoteReader
+
+    if config.reader_concurrency is not None:
+        return config.reader_concurrency
+    return REMOTE_READER_SLOTS if isinstance(reader, RemoteReader) else 1
+
+
 class Answerer:
     def __init__(self, config: EngineConfig, pool: DevicePool, tokenizer: Any, spawn: Spawn) -> None:
         self._config = config
         self._pool = pool
         self._tokenizer = tokenizer
         self._spawn = spawn
-        self._limiters = {r.index: anyio.CapacityLimiter(1) for r in pool.replicas}
+        self._limiters = {r.index: anyio.CapacityLimiter(reader_slots(config, r.reader)) for r in pool.replicas}
 
     @property
     def reader(self) -> Any:
