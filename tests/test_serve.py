@@ -296,6 +296,19 @@ def test_openai_client_sync(server: Server, http: Any) -> None:
     assert fed() > before  # the header named the same stream; still nothing fed twice
 
 
+def test_a_long_last_message_is_fed_whole_and_its_tail_asked(http: Any) -> None:
+    """A user message longer than max_question_tokens (a pasted log that ends in its question)
+    is fed whole and answered from its last lines; before, it was refused with 400."""
+    log = "".join(f"line {i}: routine entry number {i}, nothing to see.\n" for i in range(80))
+    messages = [{"role": "user", "content": log + "Which line number mentions the pass key 71432?"}]
+    r = http.post("/v1/chat/completions", json={"messages": messages, "user": "longmsg"})
+    assert r.status_code == 200, r.text
+    assert r.json()["xl3m_stream"]["stream_tokens"] > 256
+    one_line = [{"role": "user", "content": "word " * 600 + "what now?"}]
+    r = http.post("/v1/chat/completions", json={"messages": one_line, "user": "longmsg2"})
+    assert r.status_code == 200, r.text
+
+
 def test_openai_client_async(server: Server) -> None:
     openai = pytest.importorskip("openai")
 
@@ -364,6 +377,25 @@ def test_a_second_engine_reads_through_the_server(server: Server, http: Any, tin
     assert isinstance(answer.text, str) and answer.segments  # selected locally, read remotely
     assert isinstance("".join(pieces), str)
     assert tokens_of("default") > before  # the key context reached the server's stream
+
+
+def test_the_cli_reads_through_the_server(server: Server, tiny_model_dir: Path, tmp_path: Path) -> None:
+    """``xl3m-stream ask --reader-model openai:M --reader-base-url URL`` with the key from
+    ``$OPENAI_API_KEY``: the command line's remote reader, end to end."""
+    doc = tmp_path / "doc.txt"
+    doc.write_text(TEXT)
+    cmd = [sys.executable, "-m", "xl3m_stream.cli", "ask", str(doc), "--question", "What is the pass key?",
+           "--model", str(tiny_model_dir), "--device", "cpu", "--dtype", "float32", "--segment-tokens", "32",
+           "--relevance", "certainty,lexical", "--reader-model", "openai:xl3m-stream",
+           "--reader-base-url", f"{server.url}/v1", "--max-new-tokens", "4", "--json"]  # fmt: skip
+    env = {**os.environ, "OPENAI_API_KEY": KEY}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout)
+    assert out["segments"] and isinstance(out["answer"], str)
+    env["OPENAI_API_KEY"] = "wrong-key"
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode != 0 and "401" in proc.stderr and "wrong-key" not in proc.stderr
 
 
 def test_sigterm_then_restart_keeps_every_acknowledged_token(server: Server) -> None:

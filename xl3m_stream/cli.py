@@ -141,6 +141,12 @@ def _engine_options(p: argparse.ArgumentParser) -> None:
         "--reader-model",
         help="answering model: alias, directory, .gguf or HF id (default: the catalog reader, else the scorer)",
     )
+    g.add_argument(
+        "--reader-base-url",
+        metavar="URL",
+        help="with --reader-model openai:MODEL, the server's API root, e.g. http://127.0.0.1:8080/v1 (default: "
+        "$OPENAI_BASE_URL); the key comes from $OPENAI_API_KEY (not an option: command lines are visible to others)",
+    )
     g.add_argument("--config", metavar="FILE", help="engine settings from a .toml or .json file")
     g.add_argument("--device", action="append", dest="devices", metavar="DEV", help="cpu, cuda:0, ... (repeatable)")
     g.add_argument(

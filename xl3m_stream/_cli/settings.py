@@ -17,6 +17,7 @@ def engine_config(args: argparse.Namespace, **extra: Any) -> Any:
     changes = {
         "model": args.model,
         "reader_model": args.reader_model,
+        "reader_base_url": getattr(args, "reader_base_url", None),
         "devices": args.devices,
         "measure": args.measure,
         "relevance": [x.strip() for x in args.relevance.split(",") if x.strip()] if args.relevance else None,

@@ -21,6 +21,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 import msgspec
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -95,6 +96,31 @@ async def _feed_conversation(request: Request, stream: Stream, turns: list[tuple
                 await engine.mark_input(CHAT_SOURCE, n, complete=True, digest=chain[n - 1])
 
 
+def question_tail(engine: Any, message: str) -> str:
+    """The question asked for a user message: the message itself, or, when it is longer than
+    the engine's ``max_question_tokens`` (a pasted document that ends in its question, a key
+    context sent by another engine), its last lines that fit (the whole message is fed either
+    way). A last line too long alone is cut to its last tokens."""
+    limit = engine.config.max_question_tokens
+    tok = engine.tokenizer
+
+    def count(text: str) -> int:
+        return len(tok.encode(text, add_special_tokens=False))
+
+    if count(message) <= limit:
+        return message
+    lines = [line for line in message.splitlines() if line.strip()]
+    kept: list[str] = []
+    for line in reversed(lines):
+        if count("\n".join([line, *kept])) > limit:
+            break
+        kept.insert(0, line)
+    if kept:
+        return "\n".join(kept)
+    ids = tok.encode(lines[-1], add_special_tokens=False)[-max(1, limit - 8) :]  # (re-encoding may merge)
+    return tok.decode(ids).strip() or tok.decode(ids)
+
+
 async def chat_completions(request: Request) -> Response:
     settings = request.app.state.settings
     body = decode(await read_body(request), ChatBody)
@@ -108,6 +134,7 @@ async def chat_completions(request: Request) -> Response:
     stream = await streams_of(request).get(name, create=True)
     await _feed_conversation(request, stream, turns)
     engine = stream.engine
+    question = await anyio.to_thread.run_sync(question_tail, engine, question)
     max_new = body.max_completion_tokens or body.max_tokens
     ident, created, model = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), settings.model_id
 
