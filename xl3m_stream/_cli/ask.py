@@ -8,8 +8,9 @@ import sys
 import time
 from typing import Any
 
+from .._engine.answer import answer_json
 from .intake import feed_input
-from .output import answer_json, removed, report_decoding, report_recovery, want_progress
+from .output import removed, report_decoding, report_recovery, want_progress
 from .settings import check_input_file, engine_config, require_state, state_settings
 
 

@@ -9,7 +9,8 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from .output import Progress, answer_json, want_progress
+from .._engine.answer import answer_json
+from .output import Progress, want_progress
 from .settings import engine_config
 
 

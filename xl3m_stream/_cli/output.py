@@ -7,20 +7,6 @@ import sys
 from typing import Any
 
 
-def answer_json(answer: Any, seconds: float) -> dict[str, Any]:
-    return {
-        "answer": answer.text,
-        "question": answer.question,
-        "segments": [
-            {"start": s.start, "end": s.end, "score": s.score, "text": s.text, **({"local": True} if s.local else {})}
-            for s in answer.segments
-        ],
-        "stream_tokens": answer.stream_tokens,
-        "seconds": round(seconds, 3),
-        "ask_seconds": round(answer.timings.total_s, 3),
-    }
-
-
 def report_decoding(stats: Any) -> None:
     if stats.replaced or stats.nul_removed:
         print(

@@ -12,6 +12,8 @@ def engine_config(args: argparse.Namespace, **extra: Any) -> Any:
 
     base = EngineConfig.from_file(args.config) if args.config else EngineConfig()
     if getattr(args, "state_dir", None):
+        from .._engine.journal import state_defaults
+
         base = state_defaults(base, args.state_dir)
     base = EngineConfig.from_env(base)
     changes = {
@@ -41,26 +43,6 @@ def state_settings(args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "fsync", None):
         out["fsync"] = args.fsync
     return out
-
-
-def state_defaults(base: Any, state_dir: str) -> Any:
-    """Settings recorded in an existing state (its model, its segment layout) for those left at
-    their defaults: ``ask --state-dir DIR`` needs no more options than the ingest had."""
-    from ..config import EngineConfig
-    from ..persistence import read_meta
-
-    meta = read_meta(state_dir)
-    if meta is None:
-        return base
-    default = EngineConfig()
-    recorded = {
-        "model": meta.model,
-        "segment_tokens": meta.layout.segment_tokens,
-        "segment_overlap": meta.layout.segment_overlap,
-        "segment_cut": meta.layout.segment_cut,
-    }
-    changes = {k: v for k, v in recorded.items() if getattr(base, k) == getattr(default, k)}
-    return base.replace(**changes) if changes else base
 
 
 def require_state(state_dir: str) -> None:

@@ -50,6 +50,21 @@ class Answer(msgspec.Struct, frozen=True, kw_only=True):
     model: str
 
 
+def answer_json(answer: Answer, seconds: float) -> dict[str, Any]:
+    """The one JSON shape of an answer: `xl3m-stream ask --json`, the demo and the server's ask route."""
+    return {
+        "answer": answer.text,
+        "question": answer.question,
+        "segments": [
+            {"start": s.start, "end": s.end, "score": s.score, "text": s.text, **({"local": True} if s.local else {})}
+            for s in answer.segments
+        ],
+        "stream_tokens": answer.stream_tokens,
+        "seconds": round(seconds, 3),
+        "ask_seconds": round(answer.timings.total_s, 3),
+    }
+
+
 def check_max_new_tokens(value: Any) -> None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 32768):
         raise InputError(f"max_new_tokens must be an int from 1 to 32768 (or None), got {value!r}")

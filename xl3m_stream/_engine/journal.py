@@ -64,6 +64,23 @@ def resolve_overlap(config: EngineConfig) -> EngineConfig:
     return config.replace(segment_overlap=overlap)
 
 
+def state_defaults(base: EngineConfig, state_dir: str) -> EngineConfig:
+    """Settings recorded in an existing state (its model, its segment layout) for those left at
+    their defaults: ``ask --state-dir DIR`` needs no more options than the ingest had."""
+    meta = read_meta(state_dir)
+    if meta is None:
+        return base
+    default = EngineConfig()
+    recorded = {
+        "model": meta.model,
+        "segment_tokens": meta.layout.segment_tokens,
+        "segment_overlap": meta.layout.segment_overlap,
+        "segment_cut": meta.layout.segment_cut,
+    }
+    changes = {k: v for k, v in recorded.items() if getattr(base, k) == getattr(default, k)}
+    return base.replace(**changes) if changes else base
+
+
 def next_items(items: Iterator[Any], n: int = 256) -> list[Any]:
     """Up to ``n`` items of ``items`` (run in a worker thread: they come from disk)."""
     return list(itertools.islice(items, n))

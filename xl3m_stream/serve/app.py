@@ -188,7 +188,7 @@ async def flush(request: Request) -> Response:
 
 
 async def ask(request: Request) -> Response:
-    from .._cli.output import answer_json
+    from .._engine.answer import answer_json
 
     body = decode(await read_body(request), AskBody)
     if not body.question.strip():

@@ -145,7 +145,7 @@ class Streams:
     def config_for(self, name: str) -> Any:
         if self.state_dir is None:
             return self.config
-        from .._cli.settings import state_defaults
+        from .._engine.journal import state_defaults
 
         sub = str(self.state_dir / name)
         if os.path.isdir(sub):
