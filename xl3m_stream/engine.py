@@ -96,16 +96,28 @@ class Engine:
         if cfg.state_dir is not None:
             check_state_dir(cfg.state_dir)  # a bad path fails before the model loads
         cfg = self.config = resolve_overlap(cfg)
-        if self._given is not None:
-            self._pool = DevicePool.from_models([wrap(*self._given)], cfg)
-        else:
-            self._pool = await anyio.to_thread.run_sync(DevicePool.load, cfg)
+        workers = await self._start_ray_workers(cfg) if cfg.backend == "ray" else None
+        try:
+            if self._given is not None:
+                self._pool = DevicePool.from_models([wrap(*self._given)], cfg)
+            else:
+                self._pool = await anyio.to_thread.run_sync(DevicePool.load, cfg)
+        except BaseException:
+            if workers is not None:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(workers.close)
+            raise
         first = self._pool.first
         tok = self._tokenizer = first.scoring_model.tokenizer
         self._intake = Intake(cfg, tok, self.decode_stats)
         self._queue = ScoringQueue(cfg.max_pending_segments, keep_unscored=cfg.state_dir is not None)
         self._store = SegmentStore(cfg.store_segments, cfg.store_tokens)
-        self._dispatch = Dispatcher(self._pool, cfg.device_concurrency, self._counters, self._emit)
+        if workers is not None:
+            from ._engine.ray_backend import RayDispatcher
+
+            self._dispatch = RayDispatcher(self._pool, workers, cfg.device_concurrency, self._counters, self._emit)
+        else:
+            self._dispatch = Dispatcher(self._pool, cfg.device_concurrency, self._counters, self._emit)
         dense = any(r.embedder is not None for r in self._pool.replicas)
         segmenter = self._intake.segmenter
         self._signals = Signals(cfg, tok, self._dispatch, dense=dense, cut_before=lambda: segmenter.next_seq)
@@ -131,6 +143,15 @@ class Engine:
                 await self.aclose()  # (the task group must be left in this scope: no shield around it)
                 raise
             self._tg.start_soon(self._journal.run, self._feeder.step, self._emit)
+
+    async def _start_ray_workers(self, cfg: EngineConfig) -> Any:
+        """The Ray scoring actors (backend="ray"), started before the local models load so a bad
+        address or missing GPUs fail first."""
+        if self._given is not None:
+            raise ConfigError("backend='ray': each worker loads config.model itself; not with model=/tokenizer=")
+        from ._engine.ray_backend import RayWorkers
+
+        return await anyio.to_thread.run_sync(RayWorkers.start, cfg)
 
     async def aclose(self) -> None:
         """Stop background work (unscored segments are dropped, unless a ``state_dir`` keeps
