@@ -11,8 +11,9 @@ Faults: a batch whose actor died (killed, crashed, its node gone) is sent again 
 actor, or to the same one once Ray has restarted it (``MAX_RESTARTS`` per actor), and reported
 as an :class:`~xl3m_stream.events.ErrorEvent`. Scoring is a pure function, so sending again is
 safe, and only the first result that comes back is returned. When every actor is gone the
-batch fails with a :class:`~xl3m_stream.errors.ScoringError` after ``ROUNDS`` rounds, never
-waiting longer than ``CALL_TIMEOUT_S`` on one call.
+batch fails with a :class:`~xl3m_stream.errors.ScoringError` at once; while they are being
+restarted it waits at most ``RESTART_WAIT_S`` for one, and never longer than ``CALL_TIMEOUT_S``
+on one call.
 
 Ray's lifetime: a Ray this module started (none was initialised in the process) is shut down
 when the last engine using it closes; a Ray initialised by someone else is left running.
@@ -44,10 +45,11 @@ log = logging.getLogger("xl3m_stream.engine")
 
 MAX_RESTARTS = 3
 """Times Ray restarts a dead actor; past it the actor is dead for good."""
-ROUNDS = 3
-"""Rounds of trying every live actor with one batch before it fails (the pause between rounds
-lets Ray restart actors: ``ROUND_PAUSE_S``, doubled each round)."""
-ROUND_PAUSE_S = 0.5
+RESTART_WAIT_S = 120.0
+"""Longest a batch waits for an actor to come back (restarting: loading its scorer) once every
+live actor has failed it; then it fails."""
+RETRY_PAUSE_S = 0.25
+"""Pause before trying the actors again (doubled each time, at most 5 s)."""
 CALL_TIMEOUT_S = 600.0
 """Longest wait for one batch's result (an actor that never answers counts as failed)."""
 READY_TIMEOUT_S = 600.0
@@ -91,22 +93,25 @@ class ScoringActor:
         pool = DevicePool.load(scoring_config(EngineConfig.from_dict(config), device))
         self._scorer = pool.first.scorer
         self._device = device
-        self._crash = False
+        self._crash: str | None = None
 
     def ready(self) -> str:
         return f"pid {os.getpid()} on {self._device}"
 
     def score(self, token_lists: list[Sequence[int]], questions: list[Sequence[int]]) -> list[Scores]:
         """The local scorer's ``score_many``: ``result[j][i]``, segment i against question j."""
-        if self._crash:
+        if self._crash == "exit":
             os._exit(1)  # the test hook: this worker process dies mid-batch
+        if self._crash == "stall":
+            time.sleep(3600)  # the test hook: a batch that stays in flight until the actor is killed
         scorer = self._scorer
         scores = scorer.score_many(token_lists, [scorer.prepare(q) for q in questions])
         return [[{k: float(v) for k, v in one.items()} for one in per_question] for per_question in scores]
 
-    def _crash_next(self) -> None:
-        """Tests only: the next ``score`` call kills this worker process (``os._exit(1)``)."""
-        self._crash = True
+    def _crash_next(self, how: str = "exit") -> None:
+        """Tests only: the next ``score`` call kills this worker process (``"exit"``:
+        ``os._exit(1)``) or never returns (``"stall"``: until the actor is killed)."""
+        self._crash = how
 
 
 @dataclass
@@ -119,10 +124,9 @@ class Worker:
     batches: int = 0
     tokens: int = 0
     failures: int = 0
-    """Failed calls (actor deaths, errors, timeouts)."""
-    failed_in_a_row: int = 0
+    """Failed calls (the actor died or was restarting, the scorer raised, a timeout)."""
     dead: bool = False
-    """Failed more than ``MAX_RESTARTS + 1`` times in a row: Ray has given up restarting it."""
+    """Ray said the actor died for good (``ActorDiedError``: its restarts are spent)."""
 
 
 @dataclass
@@ -160,7 +164,9 @@ class RayWorkers:
             try:
                 where = ray.get([a.ready.remote() for a in actors], timeout=READY_TIMEOUT_S)
             except ray.exceptions.GetTimeoutError:
-                raise ModelLoadError(f"Ray workers: not all {n} loaded the scorer within {READY_TIMEOUT_S:.0f} s") from None
+                raise ModelLoadError(
+                    f"Ray workers: not all {n} loaded the scorer within {READY_TIMEOUT_S:.0f} s"
+                ) from None
             except ray.exceptions.RayError as exc:
                 raise ModelLoadError(f"a Ray worker could not load the scorer {config.model!r}: {exc}") from None
             log.info("ray backend: %d worker(s): %s", n, ", ".join(where))
@@ -214,9 +220,9 @@ class RayDispatcher(Dispatcher):
         ray = _ray()
         token_lists = [s.tokens for s in segments]
         last: BaseException | None = None
-        for round_ in range(ROUNDS):
-            if round_:
-                await anyio.sleep(ROUND_PAUSE_S * 2 ** (round_ - 1))  # Ray restarts dead actors meanwhile
+        reported: set[int] = set()  # one ErrorEvent per worker and batch, however often it is retried
+        deadline, pause = time.monotonic() + RESTART_WAIT_S, RETRY_PAUSE_S
+        while True:
             tried: list[int] = []
             while (worker := self.workers.pick(exclude=tried)) is not None:
                 tried.append(worker.index)
@@ -224,25 +230,27 @@ class RayDispatcher(Dispatcher):
                     return await self._score_on_worker(ray, worker, token_lists, questions)
                 except Exception as exc:
                     last = exc
-                    self._failed(worker, segments, exc)
+                    worker.failures += 1
+                    worker.dead = worker.dead or isinstance(exc, ray.exceptions.ActorDiedError)
+                    if worker.index not in reported:
+                        reported.add(worker.index)
+                        self._failed(worker, segments, exc)
             if last is not None and not _is_actor_fault(ray, last):
-                break  # the scorer itself raised: another round would raise again
+                break  # the scorer itself raised: trying again would raise again
+            if self.workers.pick() is None or time.monotonic() + pause > deadline:
+                break  # every actor is dead for good, or none came back in time
+            await anyio.sleep(pause)  # Ray restarts the actors meanwhile
+            pause = min(2 * pause, 5.0)
         if len(segments) > 1 and last is not None and not _is_actor_fault(ray, last):
             half = len(segments) // 2  # e.g. out of memory on the actor's device: smaller batches may fit
             first = await self.score_many(segments[:half], questions)
             second = await self.score_many(segments[half:], questions)
             return [a + b for a, b in zip(first, second)]
         alive = sum(not w.dead for w in self.workers.workers)
-        raise ScoringError(
-            f"scoring failed on every Ray worker ({alive} of {len(self.workers)} alive, {ROUNDS} rounds): "
-            f"{type(last).__name__}: {last}"
-        )
+        why = f"{type(last).__name__}: {last}" if last is not None else "no worker left to try"
+        raise ScoringError(f"scoring failed on every Ray worker ({alive} of {len(self.workers)} alive): {why}")
 
     def _failed(self, worker: Worker, segments: list[Segment], exc: BaseException) -> None:
-        worker.failures += 1
-        worker.failed_in_a_row += 1
-        if worker.failed_in_a_row > MAX_RESTARTS + 1:
-            worker.dead = True
         self._counters["errors"] += 1
         log.warning("scoring failed on Ray worker %d: %s: %s", worker.index, type(exc).__name__, exc)
         self._report(
@@ -279,7 +287,6 @@ class RayDispatcher(Dispatcher):
             self.latency.observe(elapsed)
         worker.batches += 1
         worker.tokens += sum(len(t) for t in token_lists)
-        worker.failed_in_a_row = 0
         return result
 
     async def aclose(self) -> None:
