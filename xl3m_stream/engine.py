@@ -5,6 +5,7 @@ and return values. Data moves one way::
 
     feed/process -> Intake (decode, tokenise, cut) -> Journal.log (with a state_dir)
       -> ScoringQueue (backpressure) -> Core.score_batch on the Dispatcher's devices
+         (or on Ray actors: _engine/ray_backend.RayDispatcher), taken in in stream order
       -> SegmentStore (bounded, least relevant evicted) and Watches -> events
     ask/ask_stream/key_context -> the queue drained -> Selector (re-score, fuse, select,
       assemble) -> Answerer (the reader in a worker thread) -> text pieces
@@ -249,20 +250,24 @@ class Engine:
     async def _batch_loop(self) -> None:
         cfg, dispatch = self.config, self._dispatch
         assert dispatch is not None
+        previous: anyio.Event | None = None
         while True:
             batch = await self._queue.next_batch(cfg.batch_size, cfg.batch_wait_ms)
             await dispatch.acquire()  # a batch in flight per free slot
-            self._spawn(self._score_batch, batch)
+            through = anyio.Event()
+            self._spawn(self._score_batch, batch, previous, through)
+            previous = through  # the next batch takes its scores in after this one
 
-    async def _score_batch(self, batch: list[Pending]) -> None:
+    async def _score_batch(self, batch: list[Pending], turn: anyio.Event | None, through: anyio.Event) -> None:
         assert self._dispatch is not None
         try:
-            outcome = await self._core.score_batch(batch)
+            outcome = await self._core.score_batch(batch, turn)
             for event in outcome.events:
                 self._emit(event)
             for alert, _segment in outcome.explain:
                 self._spawn(self._explain, alert)
         finally:
+            through.set()
             self._queue.done(batch)
             self._dispatch.release()
 
