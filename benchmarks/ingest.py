@@ -1,6 +1,7 @@
 """Ingest throughput through the whole engine against the raw model forward on the same tokens.
 
     python benchmarks/ingest.py [--tokens N] [--model M] [--json]
+    python benchmarks/ingest.py --backend ray --workers 2 --tokens 4000 --repeat 3   # Ray vs local
     python benchmarks/ingest.py --device cuda:0 --shape llama2-7b --dtype bfloat16 \\
         --batch-size 60 --segment-tokens 512 --compile --tokens 2000000 --json   # GPU
 
@@ -12,11 +13,18 @@ flipping each time; ``ratio`` is the median of the per-pair ratios (each pair is
 back to back, so slow drifts of a shared machine's load cancel), ``ratio_of_medians`` the
 ratio of the two medians. The last stdout line (``--json``) holds ``engine_tok_s``,
 ``raw_tok_s``, ``ratio`` and the runs.
+
+``--backend ray --workers N`` also runs an engine on the Ray backend (N scoring actors on a
+local Ray) over the same tokens, in each pair next to the local engine: ``ray_tok_s``,
+``ray_vs_local`` (median of the per-pair ratios ray/local), ``ray_runs``, and
+``ray_call_overhead_ms`` (median round trip of a no-op actor call: Ray's cost per batch,
+on top of shipping the token ids and the scores).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from typing import Any
@@ -54,8 +62,12 @@ def main(argv: list[str] | None = None) -> int:
         default="certainty,lexical,dense",
         help="relevance signals of the engine, comma-separated (default: all three, the engine's default)",
     )
+    p.add_argument("--backend", choices=["local", "ray"], default="local", help="ray: also time the Ray backend")
+    p.add_argument("--workers", type=int, default=2, help="--backend ray: scoring actors (default 2)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
+    if args.backend == "ray" and args.shape:
+        p.error("--backend ray loads the model by name in each actor: not with --shape")
     import anyio
 
     result = anyio.run(run, args)
@@ -64,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
+    import anyio
     import torch
 
     from xl3m_stream import Engine, EngineConfig, models
@@ -90,8 +103,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         dtype = models.pick_dtype(torch.device(args.device), args.dtype)
         model = random_model(args.shape, len(tokenizer), args.device, dtype)
     started = now()
-    async with Engine(config, model=model, tokenizer=tokenizer) as engine:
+    async with contextlib.AsyncExitStack() as stack:
+        engine = await stack.enter_async_context(Engine(config, model=model, tokenizer=tokenizer))
         load_s = now() - started
+        ray_engine, ray_load_s = None, 0.0
+        if args.backend == "ray":
+            started = now()
+            ray_config = config.replace(backend="ray", workers=args.workers)
+            ray_engine = await stack.enter_async_context(Engine(ray_config))
+            ray_load_s = now() - started
         replica = engine.replicas[0]
         scorer, device = replica.scorer, replica.device
         text = stream_text(engine.tokenizer, args.tokens, seed=1)
@@ -134,30 +154,38 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 return now() - t0
 
         # warm up both paths (compilation, allocator, caches) before timing
-        await engine.feed(warm)
-        await engine.flush()
+        for e in [engine] if ray_engine is None else [engine, ray_engine]:
+            await e.feed(warm)
+            await e.flush()
         raw_thread = DeviceThreads("raw-forward", 1)
         await raw_thread.run(lambda: raw_pass_one(scorer, batches[:1], device))
 
-        async def engine_pass() -> float:
-            before = engine.stream_tokens
+        async def engine_pass(e: Any = engine) -> float:
+            before = e.stream_tokens
             t0 = now()
             step = 1 << 15
             for i in range(0, len(text), step):
-                await engine.feed(text[i : i + step])
-            await engine.flush()
-            return (engine.stream_tokens - before) / (now() - t0)
+                await e.feed(text[i : i + step])
+            await e.flush()
+            return (e.stream_tokens - before) / (now() - t0)
 
-        raw_runs, engine_runs, pair_ratios = [], [], []
+        raw_runs, engine_runs, pair_ratios, ray_runs, ray_ratios = [], [], [], [], []
         for k in range(args.repeat):
             if k % 2 == 0:
                 raw_runs.append(raw_tokens / await raw_thread.run(raw_pass))
                 engine_runs.append(await engine_pass())
+                if ray_engine is not None:
+                    ray_runs.append(await engine_pass(ray_engine))
             else:
+                if ray_engine is not None:
+                    ray_runs.append(await engine_pass(ray_engine))
                 engine_runs.append(await engine_pass())
                 raw_runs.append(raw_tokens / await raw_thread.run(raw_pass))
             pair_ratios.append(engine_runs[-1] / raw_runs[-1])
             print(f"pair {k + 1}: engine {engine_runs[-1]:.1f}, raw {raw_runs[-1]:.1f} tokens/s", file=sys.stderr)
+            if ray_engine is not None:
+                ray_ratios.append(ray_runs[-1] / engine_runs[-1])
+                print(f"  ray ({args.workers} workers) {ray_runs[-1]:.1f} tokens/s", file=sys.stderr)
         raw_thread.close()
         raw_thread.join()
         stats = engine.stats()
@@ -185,7 +213,31 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "relevance": list(engine.config.relevance),
             "cpu": cpu_model(),
         }
+        if ray_engine is not None:
+            result.update(
+                backend="ray",
+                workers=args.workers,
+                ray_tok_s=round(median(ray_runs), 1),
+                ray_vs_local=round(median(ray_ratios), 4),
+                ray_runs=[round(x, 1) for x in ray_runs],
+                ray_load_s=round(ray_load_s, 2),
+                ray_batches=ray_engine.stats().batches,
+                ray_call_overhead_ms=round(await anyio.to_thread.run_sync(ray_round_trip_ms, ray_engine), 3),
+            )
     return result
+
+
+def ray_round_trip_ms(engine: Any, calls: int = 50) -> float:
+    """Median round trip of a no-op call to the engine's first scoring actor, in ms."""
+    import ray
+
+    actor = engine._dispatch.workers.workers[0].actor
+    times = []
+    for _ in range(calls):
+        t0 = now()
+        ray.get(actor.ready.remote())
+        times.append((now() - t0) * 1000)
+    return median(times)
 
 
 def raw_pass_one(scorer: Any, batches: list[Any], device: Any) -> None:

@@ -36,6 +36,12 @@ BAD_VALUES = [
     {"seed": 2**64},
     {"store_tokens": 2**63},
     {"context_tokens": 10**30},
+    {"backend": "spark"},
+    {"backend": "ray", "workers": 0},
+    {"backend": "ray", "workers": 257},
+    {"backend": "ray", "ray_address": " "},
+    {"workers": 2},  # a setting of backend="ray"
+    {"ray_address": "127.0.0.1:6379"},
 ]
 
 
@@ -86,6 +92,9 @@ def test_from_env_overrides() -> None:
     assert (config.segment_tokens, config.model, config.devices, config.batch_size) == (64, "/models/x", ["cpu"], 2)
     with pytest.raises(ConfigError):
         EngineConfig.from_env(environ={"XL3M_STREAM_BATCH_SIZE": "-3"})
+    env = {"XL3M_STREAM_BACKEND": "ray", "XL3M_STREAM_WORKERS": "3", "XL3M_STREAM_RAY_ADDRESS": "ray://head:10001"}
+    config = EngineConfig.from_env(environ=env)
+    assert (config.backend, config.workers, config.ray_address) == ("ray", 3, "ray://head:10001")
 
 
 def test_hostile_config_files_and_environment_values_are_config_errors(tmp_path) -> None:

@@ -519,6 +519,9 @@ EXPECTED_EXPORTS: dict[str, Any] = {
             "trust_remote_code": "bool = False",
             "allow_download": "bool = False",
             "compile": "Literal['never', 'auto', 'always'] = 'never'",
+            "backend": "Literal['local', 'ray'] = 'local'",
+            "ray_address": "str | None = None",
+            "workers": "Annotated[int, Meta(ge=1, le=256)] | None = None",
             "segment_tokens": "Annotated[int, Meta(ge=8, le=32768)] = 256",
             "segment_overlap": "NonNegInt | Literal['auto'] = 'auto'",
             "segment_cut": "Literal['tokens', 'lines'] = 'tokens'",
@@ -853,6 +856,9 @@ EXPECTED_CONFIG_FIELDS: dict[str, str] = {
     "trust_remote_code": "bool = False",
     "allow_download": "bool = False",
     "compile": "Literal['never', 'auto', 'always'] = 'never'",
+    "backend": "Literal['local', 'ray'] = 'local'",
+    "ray_address": "str | None = None",
+    "workers": "Annotated[int, Meta(ge=1, le=256)] | None = None",
     "segment_tokens": "Annotated[int, Meta(ge=8, le=32768)] = 256",
     "segment_overlap": "NonNegInt | Literal['auto'] = 'auto'",
     "segment_cut": "Literal['tokens', 'lines'] = 'tokens'",
@@ -1296,8 +1302,8 @@ EXPECTED_IMPORTED: dict[str, dict[str, str]] = {
         "Engine": "class (self, config: 'EngineConfig | None' = None, *, model: 'Any' = None, "
         "tokenizer: 'Any' = None, **overrides: 'Any') -> 'None'",
         "EngineConfig": "struct (model, reader_model, devices, dtype, device_concurrency, "
-        "trust_remote_code, allow_download, compile, segment_tokens, "
-        "segment_overlap, segment_cut, question, question_tokens, "
+        "trust_remote_code, allow_download, compile, backend, ray_address, workers, "
+        "segment_tokens, segment_overlap, segment_cut, question, question_tokens, "
         "max_question_tokens, measure, relevance, tgain_top, batch_size, "
         "batch_wait_ms, max_pending_segments, store_segments, store_tokens, "
         "context_tokens, local_window_tokens, rescore, max_new_tokens, temperature, "

@@ -170,6 +170,13 @@ def _engine_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-new-tokens", type=int, help="most answer tokens")
     g.add_argument("--batch-size", type=int, help="segments per scoring pass")
     g.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
+    g.add_argument("--backend", choices=["local", "ray"], help="where scoring runs: here (local) or in Ray actors")
+    g.add_argument(
+        "--ray-address", metavar="ADDR", help="with --backend ray, the cluster to join (default: start a local Ray)"
+    )
+    g.add_argument(
+        "--workers", type=int, metavar="N", help="with --backend ray, scoring actors (default: one per GPU, else 1)"
+    )
     g.add_argument("--allow-download", action="store_true", default=None, help="fetch HF ids missing locally")
     g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar on stderr")
 

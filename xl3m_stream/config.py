@@ -61,6 +61,16 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     """Fetch a Hugging Face id missing from the local cache. Off: no network access by surprise."""
     compile: Literal["never", "auto", "always"] = "never"
     """``torch.compile`` the scorer with static shapes: pays off on long streams (compiling takes tens of seconds)."""
+    backend: Literal["local", "ray"] = "local"
+    """Where scoring runs: ``"local"``, on this process's ``devices``; ``"ray"``, in Ray actors
+    (``pip install 'xl3m-stream[ray]'``), each loading its own scorer, while this process keeps
+    intake, store, persistence, the dense embedder and the reader. See README, "Scaling out"."""
+    ray_address: str | None = None
+    """``backend="ray"``: the cluster to join (``"auto"``, ``"HOST:PORT"``, ``"ray://HOST:PORT"``);
+    ``None``: use the Ray already initialised in this process, else start a local one."""
+    workers: Annotated[int, Meta(ge=1, le=256)] | None = None
+    """``backend="ray"``: scoring actors, each holding one replica (and one GPU when ``devices``
+    allows CUDA and the cluster has GPUs). ``None``: one per GPU of the cluster, else 1."""
 
     # --- segments and scoring -------------------------------------------------------
     segment_tokens: Annotated[int, Meta(ge=8, le=32768)] = 256
@@ -217,6 +227,10 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
             raise ConfigError("stop: stop strings must not be empty")
         if self.state_dir is not None and (not self.state_dir.strip() or "\0" in self.state_dir):
             raise ConfigError(f"state_dir: not a usable path: {self.state_dir!r}")
+        if self.backend == "local" and (self.ray_address is not None or self.workers is not None):
+            raise ConfigError("ray_address and workers are settings of backend='ray' (backend is 'local')")
+        if self.ray_address is not None and not self.ray_address.strip():
+            raise ConfigError("ray_address: must not be empty (use None to start a local Ray)")
         if self.reader_window is not None and self.reader_window <= self.max_new_tokens:
             raise ConfigError(
                 f"reader_window ({self.reader_window}) must be larger than max_new_tokens ({self.max_new_tokens})"

@@ -5,6 +5,7 @@ and return values. Data moves one way::
 
     feed/process -> Intake (decode, tokenise, cut) -> Journal.log (with a state_dir)
       -> ScoringQueue (backpressure) -> Core.score_batch on the Dispatcher's devices
+         (or on Ray actors: _engine/ray_backend.RayDispatcher), taken in in stream order
       -> SegmentStore (bounded, least relevant evicted) and Watches -> events
     ask/ask_stream/key_context -> the queue drained -> Selector (re-score, fuse, select,
       assemble) -> Answerer (the reader in a worker thread) -> text pieces
@@ -96,16 +97,28 @@ class Engine:
         if cfg.state_dir is not None:
             check_state_dir(cfg.state_dir)  # a bad path fails before the model loads
         cfg = self.config = resolve_overlap(cfg)
-        if self._given is not None:
-            self._pool = DevicePool.from_models([wrap(*self._given)], cfg)
-        else:
-            self._pool = await anyio.to_thread.run_sync(DevicePool.load, cfg)
+        workers = await self._start_ray_workers(cfg) if cfg.backend == "ray" else None
+        try:
+            if self._given is not None:
+                self._pool = DevicePool.from_models([wrap(*self._given)], cfg)
+            else:
+                self._pool = await anyio.to_thread.run_sync(DevicePool.load, cfg)
+        except BaseException:
+            if workers is not None:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(workers.close)
+            raise
         first = self._pool.first
         tok = self._tokenizer = first.scoring_model.tokenizer
         self._intake = Intake(cfg, tok, self.decode_stats)
         self._queue = ScoringQueue(cfg.max_pending_segments, keep_unscored=cfg.state_dir is not None)
         self._store = SegmentStore(cfg.store_segments, cfg.store_tokens)
-        self._dispatch = Dispatcher(self._pool, cfg.device_concurrency, self._counters, self._emit)
+        if workers is not None:
+            from ._engine.ray_backend import RayDispatcher
+
+            self._dispatch = RayDispatcher(self._pool, workers, cfg.device_concurrency, self._counters, self._emit)
+        else:
+            self._dispatch = Dispatcher(self._pool, cfg.device_concurrency, self._counters, self._emit)
         dense = any(r.embedder is not None for r in self._pool.replicas)
         segmenter = self._intake.segmenter
         self._signals = Signals(cfg, tok, self._dispatch, dense=dense, cut_before=lambda: segmenter.next_seq)
@@ -131,6 +144,15 @@ class Engine:
                 await self.aclose()  # (the task group must be left in this scope: no shield around it)
                 raise
             self._tg.start_soon(self._journal.run, self._feeder.step, self._emit)
+
+    async def _start_ray_workers(self, cfg: EngineConfig) -> Any:
+        """The Ray scoring actors (backend="ray"), started before the local models load so a bad
+        address or missing GPUs fail first."""
+        if self._given is not None:
+            raise ConfigError("backend='ray': each worker loads config.model itself; not with model=/tokenizer=")
+        from ._engine.ray_backend import RayWorkers
+
+        return await anyio.to_thread.run_sync(RayWorkers.start, cfg)
 
     async def aclose(self) -> None:
         """Stop background work (unscored segments are dropped, unless a ``state_dir`` keeps
@@ -228,20 +250,24 @@ class Engine:
     async def _batch_loop(self) -> None:
         cfg, dispatch = self.config, self._dispatch
         assert dispatch is not None
+        previous: anyio.Event | None = None
         while True:
             batch = await self._queue.next_batch(cfg.batch_size, cfg.batch_wait_ms)
             await dispatch.acquire()  # a batch in flight per free slot
-            self._spawn(self._score_batch, batch)
+            through = anyio.Event()
+            self._spawn(self._score_batch, batch, previous, through)
+            previous = through  # the next batch takes its scores in after this one
 
-    async def _score_batch(self, batch: list[Pending]) -> None:
+    async def _score_batch(self, batch: list[Pending], turn: anyio.Event | None, through: anyio.Event) -> None:
         assert self._dispatch is not None
         try:
-            outcome = await self._core.score_batch(batch)
+            outcome = await self._core.score_batch(batch, turn)
             for event in outcome.events:
                 self._emit(event)
             for alert, _segment in outcome.explain:
                 self._spawn(self._explain, alert)
         finally:
+            through.set()
             self._queue.done(batch)
             self._dispatch.release()
 

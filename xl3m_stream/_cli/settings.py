@@ -29,6 +29,9 @@ def engine_config(args: argparse.Namespace, **extra: Any) -> Any:
         "max_new_tokens": args.max_new_tokens,
         "batch_size": args.batch_size,
         "dtype": args.dtype,
+        "backend": getattr(args, "backend", None),
+        "ray_address": getattr(args, "ray_address", None),
+        "workers": getattr(args, "workers", None),
         "allow_download": args.allow_download,
     }
     changes = {k: v for k, v in changes.items() if v is not None}

@@ -7,6 +7,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+import anyio
+
 from ..config import EngineConfig
 from ..errors import ScoringError
 from ..events import Alert, ErrorEvent, Event, SegmentEvicted, SegmentKept, SegmentScored
@@ -67,7 +69,10 @@ class Core:
         # the question was unset while the batch waited: fall back to rolling
         return tuple(self._intake.last(self._config.question_tokens)) or batch[0].segment.tokens[:1]
 
-    async def score_batch(self, batch: list[Pending]) -> Outcome:
+    async def score_batch(self, batch: list[Pending], turn: anyio.Event | None = None) -> Outcome:
+        """Score ``batch``, then (once ``turn`` is set: the batch cut before it is through) take
+        the scores in: with several batches in flight, the running statistics (BM25's document
+        frequencies, the signals' z-scores) and the store still see the batches in stream order."""
         out = Outcome()
         q_ids = self.question_of(batch)
         segments = [p.segment for p in batch]
@@ -76,12 +81,16 @@ class Core:
         try:
             scored = dict(zip(questions, await self._dispatch.score_many(segments, questions)))
         except ScoringError as exc:
+            if turn is not None:
+                await turn.wait()
             self._counters["segments_failed"] += len(segments)
             self.failed.extend(segments)
             out.events.append(
                 ErrorEvent(time=time.time(), kind="scoring", message=str(exc), seqs=[s.seq for s in segments])
             )
             return out
+        if turn is not None:
+            await turn.wait()
         results, rows = scored[q_ids], {wid: scored[ids] for wid, ids in watched.items()}
         key = self._questions.key(q_ids)
         now = time.time()
