@@ -58,17 +58,10 @@ __all__ = [
 WATCH_MEASURES = (*MEASURES, "dense", "fused")
 """What a watch can alert on: a certainty measure, ``dense`` (the question's embedding cosine),
 or ``fused`` (the certainty, BM25 and dense signals, each a z-score against its own recent
-values for this watch, the two largest summed: :class:`~xl3m_stream.relevance.ArrivalFusion`)."""
+values for this watch, summed: :class:`~xl3m_stream.relevance.ArrivalFusion`)."""
 SIGNAL_MEASURES = ("dense", "fused")
 """The watch measures that are not certainty measures: the engine computes them for the watch,
 beside its own measure, and they have no lexical gate by default."""
-FUSED_COMBINE = "top2"
-"""How a ``fused`` watch combines its signals' z-scores (:class:`~xl3m_stream.relevance.ArrivalFusion`):
-the two largest summed, so two signals must agree (docs/MONITORING.md: on the tuning seed it
-held recall where the plain sum lost precision)."""
-FUSED_THRESHOLD = "z5"
-"""The threshold measured for ``fused`` watches (``threshold=`` to use it: the default, ``z2``,
-is the certainty watch's with its lexical gate)."""
 FUSED_SIGNALS = {"certainty": "nll", "lexical": "bm25", "dense": "dense"}
 """The signals a ``fused`` watch combines, and the score each is read from (those present)."""
 DEFAULT_WATCH_MEASURE = "nll"
@@ -477,14 +470,14 @@ class Monitor:
 
     @staticmethod
     def _fused(watch: Watch, state: _State, scores: Mapping[str, float]) -> float:
-        """A ``fused`` watch's score: its two strongest signals' z-scores summed (NaN on a non-finite one)."""
+        """A ``fused`` watch's score: the sum of its signals' z-scores (NaN on a non-finite one)."""
         values = {name: float(scores[key]) for name, key in FUSED_SIGNALS.items() if key in scores}
         if "certainty" not in values:
             raise InputError(f"a fused watch needs the {FUSED_SIGNALS['certainty']!r} score")
         if not all(math.isfinite(v) for v in values.values()):
             return math.nan
         if state.fusion is None:  # the signals this engine computes: fixed by the first segment
-            state.fusion = ArrivalFusion(list(values), window=watch.window, combine=FUSED_COMBINE)
+            state.fusion = ArrivalFusion(list(values), window=watch.window, combine="sum")
         return state.fusion.score({name: values.get(name, 0.0) for name in state.fusion.signals})
 
     def stats(self, watch_id: int) -> WatchStats:

@@ -160,29 +160,21 @@ def term_counts(text: str) -> Counter[str]:
     return Counter(words(text))
 
 
-COMBINES = ("max", "sum", "top2")
-"""How :class:`ArrivalFusion` combines its signals' z-scores."""
-
-
 class ArrivalFusion:
     """Arrival scores: each signal as a z-score against its own recent values, combined.
 
     ``combine="max"`` (the store's): the largest z-score counts, so a segment strong in any one
-    signal ranks high and survives eviction. ``combine="sum"``: the z-scores add up, so one
-    signal's noise alone (a rare word, a confident guess) is diluted by the others.
-    ``combine="top2"`` (a fused watch's): the two largest z-scores add up, so an alert needs two
-    signals to agree, and the one signal that cannot see an incident (BM25, for an incident in
-    other words than its question's: its z-score is below zero there) does not hold it down.
-    With two signals or fewer, ``top2`` is ``sum``. Chosen on the monitoring benchmark's tuning
-    seed (docs/MONITORING.md).
+    signal ranks high and survives eviction. ``combine="sum"`` (a fused watch's): the z-scores
+    add up, so an alert needs the signals' weight together, and one signal's noise alone
+    (a rare word, a confident guess) is diluted by the others.
 
     One instance per question: :meth:`reset` when the question that arriving segments are
     scored against changes (its scales change with it).
     """
 
     def __init__(self, signals: Sequence[str], window: int = 4096, *, combine: str = "max") -> None:
-        if combine not in COMBINES:
-            raise ValueError(f"combine must be one of {', '.join(COMBINES)}, got {combine!r}")
+        if combine not in ("max", "sum"):
+            raise ValueError(f"combine must be 'max' or 'sum', got {combine!r}")
         self.signals = tuple(signals)
         self.window = window
         self.combine = combine
@@ -202,11 +194,7 @@ class ArrivalFusion:
                 z = (value - stats.mean) / max(stats.std, self._floor[name])
             zs.append(z)
             stats.add(value)
-        if self.combine == "max":
-            return max(zs)
-        if self.combine == "top2":
-            return math.fsum(sorted(zs)[-2:])
-        return math.fsum(zs)
+        return max(zs) if self.combine == "max" else math.fsum(zs)
 
 
 def passage_similarity(question: np.ndarray, segments: Sequence[np.ndarray]) -> list[float]:
