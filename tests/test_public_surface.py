@@ -1039,6 +1039,7 @@ EXPECTED_MODULES: dict[str, list[str]] = {
         "DEFAULT_WATCH_MEASURE",
         "DEFAULT_WINDOW",
         "Decision",
+        "FUSED_THRESHOLD",
         "Lexicon",
         "Monitor",
         "RunningScores",
@@ -1092,7 +1093,6 @@ EXPECTED_MODULES: dict[str, list[str]] = {
     ],
     "xl3m_stream.relevance": [
         "ArrivalFusion",
-        "COMBINES",
         "LexicalIndex",
         "LexicalState",
         "MIN_STATS",

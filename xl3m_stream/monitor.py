@@ -43,6 +43,7 @@ __all__ = [
     "DEFAULT_THRESHOLD",
     "DEFAULT_WATCH_MEASURE",
     "DEFAULT_WINDOW",
+    "FUSED_THRESHOLD",
     "SIGNAL_MEASURES",
     "WATCH_MEASURES",
     "Decision",
@@ -62,6 +63,11 @@ values for this watch, summed: :class:`~xl3m_stream.relevance.ArrivalFusion`).""
 SIGNAL_MEASURES = ("dense", "fused")
 """The watch measures that are not certainty measures: the engine computes them for the watch,
 beside its own measure, and they have no lexical gate by default."""
+FUSED_THRESHOLD = "z5.5"
+"""The threshold measured for ``fused`` watches; pass it as ``threshold=`` (the default, ``z2``,
+is the certainty watch's, which its lexical gate keeps quiet). Chosen on the monitoring
+benchmark's tuning seeds 11 and 12: precision 1.0 and recall 0.917 over both anywhere from z5.25
+to z6 (docs/MONITORING.md)."""
 FUSED_SIGNALS = {"certainty": "nll", "lexical": "bm25", "dense": "dense"}
 """The signals a ``fused`` watch combines, and the score each is read from (those present)."""
 DEFAULT_WATCH_MEASURE = "nll"
