@@ -88,6 +88,43 @@ def test_scorer_matches_plain_forward_and_ignores_padding(tiny_loaded) -> None:
     assert together[1]["gain"] == pytest.approx(base + together[1]["nll"], abs=1e-4)
 
 
+def test_static_shapes_pad_segments_and_rows_without_changing_scores(tiny_loaded) -> None:
+    """The compiled path's padding (segments to segment_tokens, short batches to batch_size rows
+    of copies) changes no score and returns one result per real segment."""
+    tok = tiny_loaded.tokenizer
+    plain = Scorer(tiny_loaded.model, tok)
+    static = Scorer(tiny_loaded.model, tok, pad_to_segment=48, pad_rows=4)
+    segments = [
+        tok.encode("The pass key is 12345. Remember it.", add_special_tokens=False),
+        tok.encode("The grass is green and the sky is blue.", add_special_tokens=False),
+    ]
+    question = plain.encode_question("What is the pass key?")
+    want = plain.score(segments, plain.prepare(question))
+    got = static.score(segments, static.prepare(question))
+    assert len(got) == len(segments)
+    for a, b in zip(want, got):
+        for name in ("entropy", "nll", "gain", "tgain"):
+            assert b[name] == pytest.approx(a[name], abs=1e-4)
+    # a batch over pad_rows is scored as it is (no rows dropped)
+    many = static.score(segments * 3, static.prepare(question))
+    assert [m["nll"] for m in many] == pytest.approx([w["nll"] for w in want] * 3, abs=1e-4)
+
+
+def test_certainty_keeps_extreme_logits_finite() -> None:
+    """One exp over the vocabulary (the fast form) against log_softmax, on peaked and flat rows."""
+    torch.manual_seed(0)
+    logits = torch.randn(3, 4, 1000) * 5
+    logits[0, :, 7] += 80.0  # almost certain: entropy near 0, no negative rounding
+    targets = torch.tensor([7, 1, 2, 3])
+    cert = certainty(logits.to(torch.bfloat16), targets)
+    logp = torch.log_softmax(logits.to(torch.bfloat16).float(), dim=-1)
+    want_h = -(logp.exp() * logp).sum(-1)
+    want_nll = -logp.gather(-1, targets.view(1, -1, 1).expand(3, -1, 1)).squeeze(-1)
+    assert torch.isfinite(cert.entropy).all() and (cert.entropy >= 0).all()
+    assert torch.allclose(cert.entropy, want_h, atol=1e-4)
+    assert torch.allclose(cert.nll, want_nll, atol=1e-4)
+
+
 def test_prepared_questions_are_cached(tiny_loaded) -> None:
     scorer = Scorer(tiny_loaded.model, tiny_loaded.tokenizer)
     a = scorer.prepare((5, 6, 7))

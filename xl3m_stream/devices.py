@@ -181,6 +181,7 @@ def _replica(
         scoring.tokenizer,
         tgain_top=config.tgain_top,
         pad_to_segment=config.segment_tokens if compiled is not None else None,
+        pad_rows=config.batch_size if compiled is not None else None,
         compiled=compiled,
     )
     try:
