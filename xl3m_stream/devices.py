@@ -194,7 +194,8 @@ def _replica(
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    embedder = Embedder(device=str(scoring.device)).load() if "dense" in config.relevance else None
+    # the embedder runs in the scorer's dtype: the one chosen as fast for this device
+    embedder = Embedder(device=str(scoring.device), dtype=scoring.dtype).load() if "dense" in config.relevance else None
     log.info("replica %d on %s: %s (%s)", index, scoring.device, scoring.name, scoring.dtype)
     return Replica(index, scoring.device, scorer, reader, scoring, reading, embedder=embedder)
 

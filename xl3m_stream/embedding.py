@@ -77,13 +77,25 @@ class Embedder:
     The same computation as sentence-transformers for this model, done with plain
     transformers. Loaded on first use and kept; texts longer than ``max_tokens`` word pieces
     are cut into windows by :meth:`encode_windows` instead of being truncated.
+
+    ``dtype``: ``"auto"`` (bf16 where the device runs it fast, else fp32, as
+    :func:`~xl3m_stream.models.pick_dtype` decides for the scorer; on a CPU with AVX512-BF16
+    MiniLM ran 4.2x faster in bf16, cosines within 0.003 of fp32), a dtype name or a torch
+    dtype. Pooling and normalisation are computed in float32 either way.
     """
 
     def __init__(
-        self, model_dir: str | Path | None = None, *, device: str = "cpu", batch_size: int = 32, max_tokens: int = 256
+        self,
+        model_dir: str | Path | None = None,
+        *,
+        device: str = "cpu",
+        dtype: Any = "auto",
+        batch_size: int = 32,
+        max_tokens: int = 256,
     ) -> None:
         self.model_dir = Path(model_dir) if model_dir is not None else None
         self.device = device
+        self.dtype = dtype
         self.batch_size = batch_size
         self.max_tokens = max_tokens
         self._model: Any = None
@@ -100,7 +112,13 @@ class Embedder:
             model = AutoModel.from_pretrained(str(d), local_files_only=True, use_safetensors=True)
         except (OSError, ValueError) as e:
             raise ModelLoadError(f"cannot load the embedding model from {d}: {e}") from e
-        self._model = model.to(self.device).eval()
+        import torch
+
+        from .models import pick_dtype
+
+        device = torch.device(self.device)
+        dtype = pick_dtype(device, self.dtype) if isinstance(self.dtype, str) else self.dtype
+        self._model = model.to(device=device, dtype=dtype).eval()
 
     def _embed_ids(self, rows: list[list[int]]) -> np.ndarray:
         """Embeddings of rows of word-piece ids (without [CLS]/[SEP]), batched."""
@@ -118,11 +136,11 @@ class Embedder:
                 mask[i, : len(r)] = 1
             ids, mask = ids.to(self.device), mask.to(self.device)
             with torch.inference_mode():
-                hidden = self._model(input_ids=ids, attention_mask=mask).last_hidden_state
+                hidden = self._model(input_ids=ids, attention_mask=mask).last_hidden_state.float()
             m = mask.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
             pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
-            out.append(pooled.float().cpu().numpy())
+            out.append(pooled.cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, 384), dtype=np.float32)
 
     def _ids(self, texts: Sequence[str]) -> list[list[int]]:
