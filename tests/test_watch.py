@@ -215,6 +215,18 @@ def test_cli_watch_human_output_and_jsonl_input(tiny_model_dir, monkeypatch, cap
     assert "  | 2024-05-01T12:00:06Z ERROR storage disk failure" in out
 
 
+def test_cli_watch_loads_a_reader_only_to_explain(tiny_model_dir, tmp_path, capsys) -> None:
+    """Alerts need no reader: a reader that cannot load stops only a watch with --explain."""
+    log = tmp_path / "app.log"
+    log.write_text("".join(log_lines(8)))
+    argv = _watch(tiny_model_dir, str(log), "--no-follow", "--jsonl", "-q", DISK_Q)
+    argv += ["--reader-model", str(tmp_path / "no-such-reader"), "--threshold=-1e30", "--warmup", "0", "--no-lexical"]
+    assert main(argv) == 0
+    assert capsys.readouterr().out.strip()  # alerts printed without any reader
+    assert main([*argv, "--explain"]) == 1
+    assert "no-such-reader" in capsys.readouterr().err
+
+
 def test_cli_watch_follows_until_idle(tiny_model_dir, tmp_path, capsys) -> None:
     log = tmp_path / "app.log"
     log.write_text("".join(log_lines(6)))

@@ -39,10 +39,12 @@ def cmd_watch(args: argparse.Namespace) -> int:
     if args.explain:
         options["explain"] = True
     check_watch_options(questions[0], **options)  # before loading a model
-    engine_measure = {"measure": measure}
+    overrides: dict[str, Any] = {"measure": measure}
     if measure in SIGNAL_MEASURES:  # a watch's signal only: the engine keeps its certainty measure
-        args.measure, engine_measure = None, {}
-    config = engine_config(args, question=questions[0], segment_cut="lines", **engine_measure)
+        args.measure, overrides = None, {}
+    if not args.explain:  # alerts alone need no reader: do not load one (the default is a 1.5B model)
+        overrides["reader_model"] = None
+    config = engine_config(args, question=questions[0], segment_cut="lines", **overrides)
     try:
         result = anyio.run(_watch, args, questions, options, config)
     except Exception as exc:  # a failure inside the pipeline's task group: report the error itself
