@@ -28,6 +28,16 @@ SHAPES: dict[str, dict[str, int]] = {
         num_key_value_heads=2,
         max_position_embeddings=32768,
     ),
+    # a near-free forward (1 layer, width 32): what is left of a run is the engine's own work,
+    # so ingest.py --shape free measures the engine's ceiling, not a model's speed
+    "free": dict(
+        hidden_size=32,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=1,
+        num_key_value_heads=1,
+        max_position_embeddings=8192,
+    ),
     "smollm2-135m": dict(
         hidden_size=576,
         intermediate_size=1536,
@@ -70,6 +80,37 @@ def random_model(shape: str, vocab_size: int, device: str, dtype: Any) -> Any:
         model = LlamaForCausalLM(config).to(dtype)
     model.eval().requires_grad_(False)
     return model
+
+
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0}
+"""Dense bf16 tensor-core peaks (the vendors' figures, without sparsity), by device name."""
+
+
+def forward_flops_per_token(model: Any, seq_len: int) -> float:
+    """FLOPs of one scoring forward per token: 2 x the weights every token meets (not the
+    embedding table, not the LM head: logits are computed at the question's positions only)
+    plus causal attention (QK^T and AV over seq_len / 2 keys on average)."""
+    cfg = model.config
+    out_emb = model.get_output_embeddings()
+    skip = {id(p) for m in (model.get_input_embeddings(), out_emb) if m is not None for p in m.parameters()}
+    weights = sum(p.numel() for p in model.parameters() if id(p) not in skip and p.dim() >= 2)
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    attention = 2 * 2 * cfg.num_hidden_layers * cfg.num_attention_heads * head_dim * (seq_len / 2)
+    return 2.0 * weights + attention
+
+
+def peak_flops(device: Any, given_tflops: float | None) -> float | None:
+    """The device's peak FLOP/s: ``given_tflops`` if set, else a known GPU's bf16 peak, else None."""
+    if given_tflops:
+        return given_tflops * 1e12
+    if getattr(device, "type", "") == "cuda":
+        import torch
+
+        name = torch.cuda.get_device_name(device)
+        for key, tflops in PEAK_BF16_TFLOPS.items():
+            if key in name:
+                return tflops * 1e12
+    return None
 
 
 def cpu_model() -> str:

@@ -2,6 +2,7 @@
 
     python benchmarks/ingest.py [--tokens N] [--model M] [--json]
     python benchmarks/ingest.py --backend ray --workers 2 --tokens 4000 --repeat 3   # Ray vs local
+    python benchmarks/ingest.py --shape free --tokens 200000 --json   # the engine's own ceiling
     python benchmarks/ingest.py --device cuda:0 --shape llama2-7b --dtype bfloat16 \\
         --batch-size 60 --segment-tokens 512 --compile --tokens 2000000 --json   # GPU
 
@@ -31,7 +32,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import cpu_model, emit, median, now, random_model, stream_text, sync
+from common import cpu_model, emit, forward_flops_per_token, median, now, peak_flops, random_model, stream_text, sync
 
 from xl3m_stream.workers import DeviceThreads
 
@@ -42,7 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tokens", type=int, default=20_000, help="stream tokens per timed run (default 20000)")
     p.add_argument("--model", default="default", help="model to load (ignored with --shape)")
-    p.add_argument("--shape", help="random weights of this shape instead: llama2-7b, qwen2.5-0.5b, smollm2-135m")
+    p.add_argument(
+        "--shape",
+        help="random weights of this shape instead: llama2-7b, qwen2.5-0.5b, smollm2-135m; "
+        "free: a near-free forward, so the engine's own ceiling shows (engine_segments_s)",
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--batch-size", type=int, default=8)
@@ -64,6 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--backend", choices=["local", "ray"], default="local", help="ray: also time the Ray backend")
     p.add_argument("--workers", type=int, default=2, help="--backend ray: scoring actors (default 2)")
+    p.add_argument(
+        "--peak-tflops",
+        type=float,
+        help="the device's peak FLOP/s in TFLOP/s, for mfu (default: known GPUs' bf16 peak; a CPU's must be given)",
+    )
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     if args.backend == "ray" and args.shape:
@@ -133,9 +143,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 pad_id=scorer.pad_id,
                 pad_to=pad_to,
             )
-            for i in range(0, len(full), args.batch_size)
+            # full batches only: one shape, as the engine's compiled path pads short batches to
+            for i in range(0, max(args.batch_size, len(full) - len(full) % args.batch_size), args.batch_size)
         ]
-        raw_tokens = sum(s.n_tokens for s in full)
+        raw_tokens = sum(len(b.input_ids) for b in batches) * args.segment_tokens
 
         def raw_pass() -> float:
             with torch.inference_mode():
@@ -191,6 +202,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         stats = engine.stats()
         result = {
             "engine_tok_s": round(median(engine_runs), 1),
+            "engine_segments_s": round(median(engine_runs) / (args.segment_tokens - args.segment_overlap), 1),
             "raw_tok_s": round(median(raw_runs), 1),
             "ratio": round(median(pair_ratios), 4),
             "ratio_of_medians": round(median(engine_runs) / median(raw_runs), 4),
@@ -213,6 +225,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "relevance": list(engine.config.relevance),
             "cpu": cpu_model(),
         }
+        flops = forward_flops_per_token(scorer.model, args.segment_tokens + len(q_ids) + len(scorer.sep))
+        peak = peak_flops(device, args.peak_tflops)
+        result["gflop_per_token"] = round(flops / 1e9, 3)
+        if peak is not None:
+            # model FLOP utilisation: stream tokens/s x FLOPs per token / peak (raw and engine)
+            result["mfu_raw"] = round(median(raw_runs) * flops / peak, 4)
+            result["mfu_engine"] = round(median(engine_runs) * flops / peak, 4)
+            result["peak_tflops"] = round(peak / 1e12, 1)
         if ray_engine is not None:
             result.update(
                 backend="ray",
