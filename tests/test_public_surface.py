@@ -1317,6 +1317,9 @@ EXPECTED_IMPORTED: dict[str, dict[str, str]] = {
         "tokenizer: 'Any' = None, backend: 'str' = 'asyncio', **overrides: 'Any') -> "
         "'None'",
     },
+    "xl3m_stream._engine.intake": {
+        "Intake": "class (self, config: 'EngineConfig', tokenizer: 'Any', decode_stats: 'DecodeStats') -> 'None'"
+    },
     "xl3m_stream.evaluate.baselines": {
         "default_embedder": "def () -> 'Embedder'",
         "rank_bm25": "def (chunks: 'Sequence[str]', question: 'str') -> 'list[float]'",
@@ -1405,15 +1408,19 @@ EXPECTED_IMPORTED: dict[str, dict[str, str]] = {
         "read_stream": "def (path: 'str | os.PathLike[str]') -> 'StreamContents'",
     },
     "xl3m_stream.relevance": {
+        "LexicalIndex": "class (self, *, rows: 'int' = 2, buckets: 'int' = 524288, k1: "
+        "'float' = 1.5, b: 'float' = 0.75) -> 'None'",
         "fuse_at_ask": "def (lists: 'Sequence[Sequence[float]]') -> 'list[float]'",
         "interleaved_rank_fusion": "def (rankings: 'Sequence[Sequence[float]]', k: 'int' = 60) -> 'list[float]'",
         "reciprocal_rank_fusion": "def (rankings: 'Sequence[Sequence[float]]', k: 'int' = 60) -> 'list[float]'",
+        "term_counts": "def (text: 'str') -> 'Counter[str]'",
     },
     "xl3m_stream.scoring": {
         "build_batch": "def (segments: 'Sequence[Sequence[int]]', question: "
         "'Sequence[int]', *, prefix: 'Sequence[int]' = (), sep: "
         "'Sequence[int]' = (), pad_id: 'int' = 0, pad_to: 'int | None' = "
-        "None) -> 'Batch'"
+        "None) -> 'Batch'",
+        "certainty": "def (logits: 'torch.Tensor', targets: 'torch.Tensor') -> 'Certainty'",
     },
     "xl3m_stream.segmenter": {
         "Segmenter": "class (self, length: 'int', *, overlap: 'int' = 0, boundary_ids: "
@@ -1421,13 +1428,17 @@ EXPECTED_IMPORTED: dict[str, dict[str, str]] = {
         "'int' = 0, start_pos: 'int' = 0) -> 'None'"
     },
     "xl3m_stream.sources": {
+        "DecodeStats": "struct (bytes_read, replaced, nul_removed, lines, split_lines, skipped_records, truncations)",
         "TextChunk": "struct (text, meta)",
         "parse_log_line": "def (line: 'str') -> 'dict[str, Any]'",
         "read_lines": "async gen (path: 'PathArg', *, stats: 'DecodeStats | None' = None, "
         "max_line_chars: 'int' = 1048576, chunk_size: 'int' = 65536) -> "
         "'AsyncIterator[TextChunk]'",
     },
-    "xl3m_stream.store": {"StoreEntry": "struct (segment, score, question_id, scores)"},
+    "xl3m_stream.store": {
+        "SegmentStore": "class (self, max_segments: 'int', max_tokens: 'int | None' = None) -> 'None'",
+        "StoreEntry": "struct (segment, score, question_id, scores)",
+    },
     "xl3m_stream.testing": {
         "build_tiny_model": "def (path: 'str | Path', *, hidden_size: 'int' = 64, layers: "
         "'int' = 2, heads: 'int' = 4, kv_heads: 'int' = 2, window: "
