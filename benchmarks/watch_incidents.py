@@ -13,8 +13,9 @@ in a subprocess, and scores its alerts:
 
 precision = true alerts / alerts; recall = detected incidents / watched incidents. The last
 line printed is one JSON object with every figure. The watch settings default to the
-library's (``--measure nll --threshold z2 --min-overlap 0.2 --cooldown 1``); ``--no-lexical``
-turns the lexical gate off. Results and how the defaults were chosen: docs/MONITORING.md.
+library's (``--measure nll --threshold z2 --min-overlap auto --cooldown 1``: the lexical gate
+is 0.2 for a certainty measure and off for ``dense`` and ``fused``); ``--no-lexical`` turns it
+off, ``--min-overlap X`` sets it. Results and how the defaults were chosen: docs/MONITORING.md.
 
 Tuning without peeking: ``--dump FILE`` runs the same command with a threshold no score
 misses (every segment alerts for every question: all scores, all measures), and
@@ -48,6 +49,7 @@ import msgspec
 from xl3m_stream.evaluate import haystack as hs
 from xl3m_stream.events import Alert
 from xl3m_stream.monitor import (
+    AUTO,
     DEFAULT_COOLDOWN,
     DEFAULT_MIN_OVERLAP,
     DEFAULT_THRESHOLD,
@@ -162,7 +164,7 @@ def replay(
     measure: str,
     warmup: int | None,
     cooldown: int,
-    min_overlap: float | None = DEFAULT_MIN_OVERLAP,
+    min_overlap: float | str | None = AUTO,
 ) -> list[Alert]:
     """The alerts a watch with these settings would have raised, from a dump of every score.
 
@@ -222,7 +224,7 @@ def run_watch(
             cmd += ["--warmup", str(args.warmup)]
         if args.min_overlap is None:
             cmd += ["--no-lexical"]
-        else:
+        elif args.min_overlap != AUTO:  # auto: the command's own default for the measure
             cmd += ["--min-overlap", str(args.min_overlap)]
     started = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -255,7 +257,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--measure", default=DEFAULT_WATCH_MEASURE, help=f"watch measure (default {DEFAULT_WATCH_MEASURE})")
     p.add_argument("--warmup", type=int, help="warm-up segments (default: the threshold's)")
     p.add_argument("--cooldown", type=int, default=DEFAULT_COOLDOWN)
-    p.add_argument("--min-overlap", type=float, default=DEFAULT_MIN_OVERLAP, help="lexical gate (default 0.2)")
+    p.add_argument(
+        "--min-overlap",
+        type=lambda v: v if v == AUTO else float(v),
+        default=AUTO,
+        help=f"lexical gate (default auto, the library's: {DEFAULT_MIN_OVERLAP} for certainty measures, "
+        "none for dense and fused)",
+    )
     p.add_argument("--no-lexical", dest="min_overlap", action="store_const", const=None, help="no lexical gate")
     p.add_argument("--out", help="keep the log, its truth and the alerts in this folder")
     p.add_argument("--dump", metavar="FILE", help="record every score (JSON lines) instead of alerting")
