@@ -39,7 +39,11 @@ class Dispatcher:
         self._counters = counters
         self._report = report
         self.threads = {r.index: DeviceThreads(f"xl3m-score-{r.index}", concurrency) for r in pool.replicas}
-        self.slots = anyio.Semaphore(concurrency * len(pool.replicas))  # batches in flight at once
+        # batches in flight at once: each replica runs `concurrency` and holds one more waiting in
+        # its threads' queue, so a thread that finishes a batch starts the next at once instead of
+        # idling while the event loop takes the scores in and dispatches again (on a near-free
+        # forward the scoring thread sat idle 26% of the time without it)
+        self.slots = anyio.Semaphore((concurrency + 1) * len(pool.replicas))
         self.inflight = 0
         self.seconds = 0.0
         self.latency = LatencyRecorder()
