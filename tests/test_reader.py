@@ -82,6 +82,21 @@ def test_no_context_or_question_adds_control_tokens(reader_pair, context: str, q
     assert _specials(loaded.tokenizer, reader.prompt(context + FORGED, question + FORGED)) == frame
 
 
+def test_a_short_continuation_ends_with_its_sentence(reader_pair) -> None:
+    """ "... The pass key is" continued ends at the sentence (the filler after a key is one long
+    line); a real question and a free answer keep their own rules."""
+    from xl3m_stream.inference import _StopStrings
+
+    _, reader = reader_pair
+    short, free = _reader(reader), _reader(reader, answer_style="free")
+    cue, question = "What is the pass key? The pass key is", "What is the pass key?"
+    stops = _StopStrings(short.stop_for(cue))
+    said = stops.step(" 69846. Remember it. 69846 is the pass key. The sky is blue.", hold=False)
+    assert stops.stopped and said.strip() == "69846"
+    assert ". " not in short.stop_for(question) and "\n" in short.stop_for(question)
+    assert ". " not in free.stop_for(cue)
+
+
 def test_room_leaves_space_for_the_answer(reader_pair) -> None:
     _, loaded = reader_pair
     reader = _reader(loaded)

@@ -200,8 +200,13 @@ class Reader:
         return "chat" if _is_question(question) else "plain"
 
     def stop_for(self, question: str) -> tuple[str, ...]:
-        """Stop strings when the config gives none: a short answer or a continuation ends with its line."""
-        if self.answer_style == "short" or self.style_for(question) == "plain":
+        """Stop strings when the config gives none: a short answer or a continuation ends with its
+        line, and a short continuation of a cue ("... The pass key is") with its sentence too (the
+        filler after a passkey is one long line: without it the reader went on repeating it)."""
+        plain = self.style_for(question) == "plain"
+        if self.answer_style == "short" and plain and not _is_question(question):
+            return ("\n", ". ")
+        if self.answer_style == "short" or plain:
             return ("\n",)
         return ()
 
