@@ -1320,6 +1320,11 @@ EXPECTED_IMPORTED: dict[str, dict[str, str]] = {
     "xl3m_stream._engine.intake": {
         "Intake": "class (self, config: 'EngineConfig', tokenizer: 'Any', decode_stats: 'DecodeStats') -> 'None'"
     },
+    "xl3m_stream.embedding": {
+        "Embedder": "class (self, model_dir: 'str | Path | None' = None, *, device: 'str' "
+        "= 'cpu', dtype: 'Any' = 'auto', batch_size: 'int' = 32, max_tokens: "
+        "'int' = 256) -> 'None'"
+    },
     "xl3m_stream.evaluate.baselines": {
         "default_embedder": "def () -> 'Embedder'",
         "rank_bm25": "def (chunks: 'Sequence[str]', question: 'str') -> 'list[float]'",
@@ -1397,6 +1402,7 @@ EXPECTED_IMPORTED: dict[str, dict[str, str]] = {
         "resolve": "def (spec: 'str') -> 'ModelSource'",
     },
     "xl3m_stream.monitor": {
+        "AUTO": "value str",
         "DEFAULT_COOLDOWN": "value int",
         "DEFAULT_MIN_OVERLAP": "value float",
         "DEFAULT_THRESHOLD": "value str",
