@@ -531,6 +531,7 @@ EXPECTED_EXPORTS: dict[str, Any] = {
             "measure": "Measure = 'nll'",
             "relevance": "Annotated[list[Literal['certainty', 'lexical', 'dense']], "
             "Meta(min_length=1)] = factory ['certainty', 'lexical', 'dense']",
+            "embedder": "str = 'minilm'",
             "tgain_top": "Annotated[int, Meta(ge=1, le=1024)] = 3",
             "batch_size": "Annotated[int, Meta(ge=1, le=4096)] = 8",
             "batch_wait_ms": "Annotated[float, Meta(ge=0, le=60000)] = 20.0",
@@ -868,6 +869,7 @@ EXPECTED_CONFIG_FIELDS: dict[str, str] = {
     "measure": "Measure = 'nll'",
     "relevance": "Annotated[list[Literal['certainty', 'lexical', 'dense']], Meta(min_length=1)] = factory "
     "['certainty', 'lexical', 'dense']",
+    "embedder": "str = 'minilm'",
     "tgain_top": "Annotated[int, Meta(ge=1, le=1024)] = 3",
     "batch_size": "Annotated[int, Meta(ge=1, le=4096)] = 8",
     "batch_wait_ms": "Annotated[float, Meta(ge=0, le=60000)] = 20.0",
@@ -962,12 +964,16 @@ EXPECTED_MODULES: dict[str, list[str]] = {
     "xl3m_stream.demo": ["PasskeyDocument", "passkey_document"],
     "xl3m_stream.devices": ["DevicePool", "Replica", "expand_devices", "reader_spec"],
     "xl3m_stream.embedding": [
+        "EMBEDDERS",
         "EMBED_PACKAGE",
         "Embedder",
+        "MPNET_PARTS",
         "PASSAGE_WORDS",
         "default_embedder",
         "embed_model_dir",
+        "embedder_dir",
         "passages",
+        "unpack_split_zip",
     ],
     "xl3m_stream.engine": [
         "Answer",
@@ -1305,7 +1311,7 @@ EXPECTED_IMPORTED: dict[str, dict[str, str]] = {
         "EngineConfig": "struct (model, reader_model, devices, dtype, device_concurrency, "
         "trust_remote_code, allow_download, compile, backend, ray_address, workers, "
         "segment_tokens, segment_overlap, segment_cut, question, question_tokens, "
-        "max_question_tokens, measure, relevance, tgain_top, batch_size, "
+        "max_question_tokens, measure, relevance, embedder, tgain_top, batch_size, "
         "batch_wait_ms, max_pending_segments, store_segments, store_tokens, "
         "context_tokens, local_window_tokens, rescore, max_new_tokens, temperature, "
         "stop, reader_prompt, answer_style, reader_window, reader_base_url, "

@@ -160,6 +160,10 @@ def _engine_options(p: argparse.ArgumentParser) -> None:
         metavar="SIGNALS",
         help="relevance signals, comma-separated: certainty (always), lexical, dense (default: all three)",
     )
+    g.add_argument(
+        "--embedder",
+        help="the dense signal's embedder: minilm (default), mpnet (slower, finds more paraphrases) or a directory",
+    )
     g.add_argument("--segment-tokens", type=int, help="tokens per segment")
     g.add_argument(
         "--segment-overlap",

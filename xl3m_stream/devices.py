@@ -13,7 +13,7 @@ from typing import Any
 
 from . import catalog
 from .config import EngineConfig
-from .embedding import Embedder
+from .embedding import Embedder, embedder_dir
 from .errors import ConfigError
 from .inference import Reader
 from .models import LoadedModel, load
@@ -195,7 +195,10 @@ def _replica(
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     # the embedder runs in the scorer's dtype: the one chosen as fast for this device
-    embedder = Embedder(device=str(scoring.device), dtype=scoring.dtype).load() if "dense" in config.relevance else None
+    embedder = None
+    if "dense" in config.relevance:
+        where = embedder_dir(config.embedder)
+        embedder = Embedder(where, device=str(scoring.device), dtype=scoring.dtype).load()
     log.info("replica %d on %s: %s (%s)", index, scoring.device, scoring.name, scoring.dtype)
     return Replica(index, scoring.device, scorer, reader, scoring, reading, embedder=embedder)
 

