@@ -26,6 +26,7 @@ uses, in seconds. Tune on dumps of other seeds; report the held-out seed's live 
     python benchmarks/watch_incidents.py --tokens 200000 --seed 2024      # the reported figure
     python benchmarks/watch_incidents.py --tokens 200000 --seed 11 --dump /tmp/seed11.jsonl
     python benchmarks/watch_incidents.py --replay /tmp/seed11.jsonl --threshold z5
+    python benchmarks/watch_incidents.py --replay /tmp/seed11.jsonl --measure fused --threshold z4.5 --embedder mpnet
 """
 
 from __future__ import annotations
@@ -267,6 +268,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-lexical", dest="min_overlap", action="store_const", const=None, help="no lexical gate")
     p.add_argument("--out", help="keep the log, its truth and the alerts in this folder")
     p.add_argument("--dump", metavar="FILE", help="record every score (JSON lines) instead of alerting")
+    p.add_argument(
+        "--embedder",
+        help="with --replay: recompute the dump's dense scores with this embedder (minilm, mpnet, a directory)",
+    )
     p.add_argument("--replay", metavar="FILE", help="evaluate the settings on a --dump file (no model run)")
     return p
 
@@ -318,6 +323,8 @@ def _main_replay(args: argparse.Namespace) -> int:
         args.model, args.segment_tokens = head.get("model"), head.get("segment_tokens")
         decoder = msgspec.json.Decoder(Alert)
         dump = [decoder.decode(line) for line in f if line.strip()]
+    if args.embedder:
+        dump = with_dense_from(dump, args.embedder)
     alerts = replay(
         dump,
         threshold=args.threshold,
@@ -329,6 +336,25 @@ def _main_replay(args: argparse.Namespace) -> int:
     result = evaluate(alerts, truth)
     _report(result, truth, args, seconds=None, tokens=truth.tokens, stderr="")
     return 0
+
+
+def with_dense_from(dump: list[Alert], embedder: str) -> list[Alert]:
+    """The dump with its ``dense`` scores recomputed by another embedder, as the engine computes
+    them (each segment's best passage cosine to the question, float32), on the same texts."""
+    from xl3m_stream.embedding import Embedder, embedder_dir
+    from xl3m_stream.relevance import passage_similarity
+
+    model = Embedder(embedder_dir(embedder), dtype="float32").load()
+    texts = {a.seq: a.text for a in dump}
+    seqs = sorted(texts)
+    passages = dict(zip(seqs, model.encode_passages([texts[s] for s in seqs])))
+    questions = {q: model.encode([q])[0] for q in {a.question for a in dump}}
+    return [
+        msgspec.structs.replace(
+            a, scores={**a.scores, "dense": passage_similarity(questions[a.question], [passages[a.seq]])[0]}
+        )
+        for a in dump
+    ]
 
 
 def _report(

@@ -1329,7 +1329,8 @@ EXPECTED_IMPORTED: dict[str, dict[str, str]] = {
     "xl3m_stream.embedding": {
         "Embedder": "class (self, model_dir: 'str | Path | None' = None, *, device: 'str' "
         "= 'cpu', dtype: 'Any' = 'auto', batch_size: 'int' = 32, max_tokens: "
-        "'int' = 256) -> 'None'"
+        "'int' = 256) -> 'None'",
+        "embedder_dir": "def (name: 'str') -> 'Path'",
     },
     "xl3m_stream.evaluate.baselines": {
         "default_embedder": "def () -> 'Embedder'",
@@ -1424,6 +1425,7 @@ EXPECTED_IMPORTED: dict[str, dict[str, str]] = {
         "'float' = 1.5, b: 'float' = 0.75) -> 'None'",
         "fuse_at_ask": "def (lists: 'Sequence[Sequence[float]]') -> 'list[float]'",
         "interleaved_rank_fusion": "def (rankings: 'Sequence[Sequence[float]]', k: 'int' = 60) -> 'list[float]'",
+        "passage_similarity": "def (question: 'np.ndarray', segments: 'Sequence[np.ndarray]') -> 'list[float]'",
         "reciprocal_rank_fusion": "def (rankings: 'Sequence[Sequence[float]]', k: 'int' = 60) -> 'list[float]'",
         "term_counts": "def (text: 'str') -> 'Counter[str]'",
     },
