@@ -1,6 +1,7 @@
 """Peak memory and time per token against stream length, with a fixed store size.
 
     python benchmarks/memory.py [--sizes 100000,1000000] [--model M] [--json]
+    python benchmarks/memory.py --shape free --json   # the engine's own memory, in minutes
 
 One passkey document of the largest size (EVAL.md's format, key at depth 0.5) is generated in a
 separate process and written to a temporary file, so building it (the generator tokenises the
@@ -24,7 +25,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import emit, now, peak_rss_mb
+from common import cpu_model, emit, now, peak_rss_mb, random_model
 
 READ = 1 << 15  # bytes per read from the stream file
 
@@ -48,10 +49,11 @@ def generate(size: int, model: str, path: str) -> None:
         f.write(sample.answers[0])
 
 
-def measure(path: str, sizes: list[int], model: str, batch_size: int) -> dict[str, Any]:
+def measure(path: str, sizes: list[int], model: str, batch_size: int, shape: str | None) -> dict[str, Any]:
     import anyio
+    import torch
 
-    from xl3m_stream import Engine, EngineConfig
+    from xl3m_stream import Engine, EngineConfig, models
     from xl3m_stream.evaluate.metrics import first_int_match
     from xl3m_stream.evaluate.tasks import PASSKEY_QUESTION
 
@@ -60,7 +62,12 @@ def measure(path: str, sizes: list[int], model: str, batch_size: int) -> dict[st
 
     async def run() -> dict[str, Any]:
         config = EngineConfig(model=model, question=PASSKEY_QUESTION, batch_size=batch_size)
-        async with Engine(config) as engine:
+        scorer = tokenizer = None
+        if shape:  # random weights of this shape score; everything else is the default engine
+            tokenizer = models.load_tokenizer(models.resolve(model))
+            dtype = models.pick_dtype(torch.device("cpu"), config.dtype)
+            scorer = random_model(shape, len(tokenizer), "cpu", dtype)
+        async with Engine(config, model=scorer, tokenizer=tokenizer) as engine:
             loaded_rss = peak_rss_mb()
             checkpoints: dict[str, dict[str, float]] = {}
             todo = sorted(sizes)
@@ -105,6 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", default="100000,1000000", help="comma-separated stream lengths in tokens")
     p.add_argument("--model", default="default")
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument(
+        "--shape",
+        help="score with random weights of this shape (benchmarks/common.py SHAPES; 'free' is a near-free "
+        "forward): the engine's own memory, every other setting the default's",
+    )
     p.add_argument("--generate", help=argparse.SUPPRESS)  # internal: write the document to this path
     p.add_argument("--measure", help=argparse.SUPPRESS)  # internal: stream this document and measure
     p.add_argument("--json", action="store_true")
@@ -116,12 +128,15 @@ def main(argv: list[str] | None = None) -> int:
         generate(sizes[-1], args.model, args.generate)
         return 0
     if args.measure:
-        print(json.dumps(measure(args.measure, sizes, args.model, args.batch_size)))
+        print(json.dumps(measure(args.measure, sizes, args.model, args.batch_size, args.shape)))
         return 0
     me = [sys.executable, os.path.abspath(__file__), "--sizes", args.sizes, "--model", args.model]
     with tempfile.TemporaryDirectory(prefix="xl3m-memory-") as tmp:
         doc = os.path.join(tmp, "stream.txt")
-        for step in (["--generate", doc], ["--measure", doc, "--batch-size", str(args.batch_size)]):
+        measuring = ["--measure", doc, "--batch-size", str(args.batch_size)]
+        if args.shape:
+            measuring += ["--shape", args.shape]
+        for step in (["--generate", doc], measuring):
             out = subprocess.run(me + step, stdout=subprocess.PIPE, text=True, check=False)
             if out.returncode != 0:
                 raise SystemExit(f"memory: {step[0]} failed (exit {out.returncode})")
@@ -136,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         "passkey_correct": run["passkey_correct"],
         "run": run,
         "model": args.model,
+        "shape": args.shape,
+        "cpu": cpu_model(),
     }
     emit(result, args.json)
     return 0

@@ -47,6 +47,10 @@ from typing import Any
 
 import msgspec
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from common import cpu_model
+
 from xl3m_stream.evaluate import haystack as hs
 from xl3m_stream.events import Alert
 from xl3m_stream.monitor import (
@@ -207,6 +211,8 @@ def run_watch(
         cmd += ["--dtype", args.dtype]
     for dev in args.device or []:
         cmd += ["--device", dev]
+    if args.embedder:
+        cmd += ["--embedder", args.embedder]
     if dump:
         # a fused watch computes every signal (the certainty measures, BM25, dense): any measure replays
         cmd += [
@@ -270,7 +276,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dump", metavar="FILE", help="record every score (JSON lines) instead of alerting")
     p.add_argument(
         "--embedder",
-        help="with --replay: recompute the dump's dense scores with this embedder (minilm, mpnet, a directory)",
+        help="the dense signal's embedder (minilm, mpnet, a directory; default the library's); with --replay, "
+        "the dump's dense scores are recomputed with it on the same texts",
     )
     p.add_argument("--replay", metavar="FILE", help="evaluate the settings on a --dump file (no model run)")
     return p
@@ -376,6 +383,7 @@ def _report(
         lines=truth.lines,
         questions=len(truth.questions),
         model=args.model,
+        embedder=args.embedder or "default",
         threshold=args.threshold,
         measure=args.measure,
         warmup=args.warmup,
@@ -386,6 +394,7 @@ def _report(
         replay=bool(args.replay),
         precision=round(result["precision"], 4),
         recall=round(result["recall"], 4),
+        cpu=cpu_model(),
     )
     print(json.dumps(summary))
 

@@ -1431,6 +1431,9 @@ EXPECTED_IMPORTED: dict[str, dict[str, str]] = {
         "term_counts": "def (text: 'str') -> 'Counter[str]'",
     },
     "xl3m_stream.scoring": {
+        "Scorer": "class (self, model: 'Any', tokenizer: 'Any', *, tgain_top: 'int' = 3, "
+        "pad_to_segment: 'int | None' = None, pad_rows: 'int | None' = None, "
+        "compiled: 'Any' = None) -> 'None'",
         "build_batch": "def (segments: 'Sequence[Sequence[int]]', question: "
         "'Sequence[int]', *, prefix: 'Sequence[int]' = (), sep: "
         "'Sequence[int]' = (), pad_id: 'int' = 0, pad_to: 'int | None' = "
