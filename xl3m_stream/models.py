@@ -294,9 +294,9 @@ def _hub_snapshot(source: ModelSource, *, allow_download: bool) -> str:
 def pick_dtype(device: Any, requested: str) -> Any:
     """The torch dtype for ``device``: as requested, or for "auto" bf16 where it is fast, else fp32.
 
-    On CPUs bf16 is fast only with AMX (and tolerable with AVX512-BF16); on plain AVX2 it is
-    several times slower than fp32 (measured: 77 vs 475 tokens/s on SmolLM2-135M), so "auto"
-    keeps fp32 there.
+    On CPUs bf16 is fast with AMX or AVX512-BF16 (SmolLM2-135M's scoring forward: 1.54x fp32 on
+    an AVX512-BF16 EPYC, docs/PERFORMANCE.md); on plain AVX2 it is several times slower than
+    fp32 (77 vs 475 tokens/s), so "auto" keeps fp32 there.
     """
     import torch
 
