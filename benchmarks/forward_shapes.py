@@ -1,14 +1,14 @@
 """The scoring forward on this machine: batch shape, dtype, ``torch.compile`` and int8, swept.
 
 For each variant of the scorer (``--variants``: ``fp32``, ``bf16``, ``compiled`` = the
-``--dtype auto`` model under ``torch.compile(dynamic=False)``, ``int8`` = fp32 with dynamic
-int8 quantisation of the decoder's linear layers, the LM head left in fp32) and each batch
-shape (``--segment-tokens`` x ``--batch-sizes``), the raw scoring forward the engine runs (left-padded segments, the question
-appended, logits only at the question's positions, ``inference_mode``) is timed for about
-``--seconds`` per point, ``--repeat`` times (median), on one warm thread. Printed per point:
-tokens/s and the fraction of the CPU's measured matmul peak (MFU: the forward's FLOPs per token
-x tokens/s, over a large square matmul's FLOP/s in the same dtype on the same threads; pass
-``--peak-tflops`` for a datasheet figure instead).
+``--dtype auto`` model under ``torch.compile(dynamic=False)``, ``int8`` = fp32 with dynamic int8
+quantisation of the decoder's linear layers, the LM head left in fp32) and each batch shape
+(``--segment-tokens`` x ``--batch-sizes``), the raw scoring forward the engine runs (left-padded
+segments, the question appended, logits only at the question's positions, ``inference_mode``) is
+timed for about ``--seconds`` per point, ``--repeat`` times (median), on one warm thread.
+Printed per point: tokens/s and the fraction of the CPU's measured matmul peak (MFU: the
+forward's FLOPs per token x tokens/s, over a large square matmul's FLOP/s in the same dtype on
+the same threads; pass ``--peak-tflops`` for a datasheet figure instead).
 
 Ranking quality (``--quality N``): every variant scores the segments of N samples each of the
 passkey, prose-lexical and prose-paraphrase tasks against their questions by the engine's
