@@ -30,17 +30,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--tokens", type=int, default=200_000)
     p.add_argument("--seed", type=int, default=2024)
     p.add_argument("--model", default="default", help="the scoring model (its tokenizer sizes the log)")
-    p.add_argument("--embedder", help="a sentence-embedding model directory (default: MiniLM, the engine's)")
+    p.add_argument("--embedder", help="minilm (default, the engine's), mpnet or a sentence-embedding model directory")
     args = p.parse_args(argv)
     import numpy as np
 
-    from xl3m_stream.embedding import Embedder
+    from xl3m_stream.embedding import Embedder, embedder_dir
     from xl3m_stream.evaluate.baselines import default_embedder
 
     log, tokens = make_log(args.seed, args.tokens, count_tokens_fn(args.model), questions=6, repeats=2, distractors=3)
     # the message part of each line: the timestamp says nothing about relevance
     bodies = [line.split(" ", 1)[-1].strip() for line in log.lines]
-    embedder = Embedder(args.embedder) if args.embedder else default_embedder()
+    embedder = Embedder(embedder_dir(args.embedder)) if args.embedder else default_embedder()
     lines = embedder.encode(bodies)
     incident_lines = {n - 1 for inc in log.incidents for n in inc.lines}  # truth lines are 1-based
     kinds = []

@@ -957,6 +957,8 @@ EXPECTED_MODULES: dict[str, list[str]] = {
         "SMOLLM2",
         "find",
         "locate",
+        "locate_chunks",
+        "package_folders",
         "remote_name",
     ],
     "xl3m_stream.cli": ["EXIT_ERROR", "EXIT_USAGE", "main", "seconds"],

