@@ -10,7 +10,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from xl3m_stream.errors import InputError
-from xl3m_stream.monitor import DEFAULT_MIN_OVERLAP, MIN_WARMUP, Lexicon, Monitor, RunningScores, Threshold
+from xl3m_stream.monitor import (
+    DEFAULT_MIN_OVERLAP,
+    MIN_WARMUP,
+    Lexicon,
+    Monitor,
+    RunningScores,
+    Threshold,
+    check_watch_options,
+)
 
 
 # ---------------------------------------------------------------- thresholds
@@ -173,6 +181,36 @@ def test_non_finite_scores_are_skipped() -> None:
     assert m.stats(w.id).seen == 0
 
 
+@pytest.mark.parametrize(
+    ("embedder", "measure", "min_overlap", "expected"),
+    [
+        ("minilm", "nll", "auto", "z2"),  # a certainty measure behind its lexical gate
+        ("minilm", "entropy", 0.3, "z2"),
+        ("minilm", "nll", None, "z4"),  # the model alone: the stricter measured threshold
+        ("minilm", "dense", "auto", "z2"),
+        ("minilm", "fused", "auto", "z5.5"),  # measured with MiniLM as the dense embedder
+        ("mpnet", "fused", "auto", "z4.625"),  # measured with mpnet
+        ("mpnet", "nll", "auto", "z2"),  # the embedder matters to fused watches only
+        ("/models/my-embedder", "fused", None, "z5.5"),  # a directory: MiniLM's, none was measured
+    ],
+)
+def test_auto_threshold_is_the_measured_one(embedder: str, measure: str, min_overlap: object, expected: str) -> None:
+    want = Threshold.parse(expected)
+    for threshold in ("auto", " AUTO "):  # the default, spelled either way
+        w = Monitor(embedder).add("Is a disk failing?", measure=measure, min_overlap=min_overlap, threshold=threshold)
+        assert w.threshold == want
+        assert (
+            check_watch_options(
+                "Is a disk failing?", measure=measure, min_overlap=min_overlap, embedder=embedder
+            ).threshold
+            == want
+        )
+    w = Monitor(embedder).add("Is a disk failing?", measure=measure, min_overlap=min_overlap)  # by default
+    assert w.threshold == want and w.warmup == want.default_warmup()
+    told = Monitor(embedder).add("Is a disk failing?", measure=measure, min_overlap=min_overlap, threshold="p99")
+    assert told.threshold == Threshold("percentile", 99.0)  # a threshold given is kept
+
+
 def test_add_validates_and_remove() -> None:
     m = Monitor()
     for bad in (
@@ -182,6 +220,7 @@ def test_add_validates_and_remove() -> None:
         dict(question="q", cooldown=1.5),
         dict(question="q", min_score=math.inf),
         dict(question="q", threshold="p101"),
+        dict(question="q", threshold="automatic"),
         dict(question="q", min_overlap=1.5),
         dict(question="???", min_overlap=0.2),  # no words for the lexical gate
     ):

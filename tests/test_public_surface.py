@@ -487,8 +487,8 @@ EXPECTED_EXPORTS: dict[str, Any] = {
             "unwatch": "def (self, watch_id: 'int') -> 'None'",
             "wait_for_room": "async def (self) -> 'None'",
             "watch": "def (self, question: 'str', *, threshold: 'str | float | Threshold' = "
-            "'z2', measure: 'str' = 'nll', warmup: 'int | None' = None, cooldown: 'int' "
-            "= 1, min_score: 'float | None' = None, min_overlap: \"float | "
+            "'auto', measure: 'str' = 'nll', warmup: 'int | None' = None, cooldown: "
+            "'int' = 1, min_score: 'float | None' = None, min_overlap: \"float | "
             "Literal['auto'] | None\" = 'auto', explain: 'bool' = False) -> "
             "'int'",
             "watches": "def (self) -> 'list[WatchStats]'",
@@ -793,7 +793,7 @@ EXPECTED_EXPORTS: dict[str, Any] = {
             "unwatch": "def (self, watch_id: 'int') -> 'None'",
             "wait_for_room": "def (self) -> 'None'",
             "watch": "def (self, question: 'str', *, threshold: 'str | float | Threshold' = "
-            "'z2', measure: 'str' = 'nll', warmup: 'int | None' = None, cooldown: "
+            "'auto', measure: 'str' = 'nll', warmup: 'int | None' = None, cooldown: "
             "'int' = 1, min_score: 'float | None' = None, min_overlap: \"float | "
             "Literal['auto'] | None\" = 'auto', explain: 'bool' = False) -> "
             "'int'",
@@ -1049,14 +1049,17 @@ EXPECTED_MODULES: dict[str, list[str]] = {
         "DEFAULT_WINDOW",
         "Decision",
         "FUSED_THRESHOLD",
+        "FUSED_THRESHOLDS",
         "Lexicon",
         "Monitor",
         "RunningScores",
         "SIGNAL_MEASURES",
         "Threshold",
+        "UNGATED_THRESHOLD",
         "WATCH_MEASURES",
         "Watch",
         "WatchStats",
+        "auto_threshold",
         "check_watch_options",
     ],
     "xl3m_stream.persistence": [
@@ -1417,7 +1420,7 @@ EXPECTED_IMPORTED: dict[str, dict[str, str]] = {
         "DEFAULT_MIN_OVERLAP": "value float",
         "DEFAULT_THRESHOLD": "value str",
         "DEFAULT_WATCH_MEASURE": "value str",
-        "Monitor": "class (self) -> 'None'",
+        "Monitor": "class (self, embedder: 'str' = 'minilm') -> 'None'",
     },
     "xl3m_stream.persistence": {
         "read_snapshot": "def (path: 'str | os.PathLike[str]') -> 'EngineSnapshot | None'",

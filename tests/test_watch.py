@@ -296,6 +296,21 @@ async def test_watches_are_kept_with_the_state(tiny_model_dir, tmp_path, anyio_b
         assert sorted(w.id for w in engine.watches()) == sorted([kept, fresh])
 
 
+async def test_auto_threshold_follows_measure_gate_and_embedder(tiny_model_dir, anyio_backend) -> None:
+    """A watch given no threshold gets the one measured for its measure, its lexical gate and
+    the engine's embedder (a fused watch's z-score sum was tuned per embedder)."""
+    for embedder, fused in (("minilm", "z5.5"), ("mpnet", "z4.625")):
+        async with Engine(config(tiny_model_dir, embedder=embedder)) as engine:
+            ids = [
+                engine.watch("Which disk failed?"),
+                engine.watch("Which disk failed?", min_overlap=None),
+                engine.watch("Is a drive failing?", measure="fused"),
+                engine.watch("Is a drive failing?", measure="fused", threshold="z3"),
+            ]
+            thresholds = {w.id: w.threshold for w in engine.watches()}
+            assert [thresholds[i] for i in ids] == ["z2", "z4", fused, "z3"]
+
+
 async def test_damaged_saved_watches_refuse_with_one_line(tiny_model_dir, tmp_path, anyio_backend) -> None:
     from xl3m_stream.errors import StateError
 

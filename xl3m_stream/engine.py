@@ -45,7 +45,7 @@ from .events import Alert, Answered, Event, EventStream
 from .inference import KeyContext
 from .metrics import EngineStats, Metrics
 from .models import wrap
-from .monitor import DEFAULT_COOLDOWN, DEFAULT_THRESHOLD, DEFAULT_WATCH_MEASURE, Threshold, WatchStats
+from .monitor import DEFAULT_COOLDOWN, DEFAULT_WATCH_MEASURE, Threshold, WatchStats
 from .persistence import InputMark, RecoveryReport, check_state_dir
 from .segment import Segment
 from .sources import DecodeStats
@@ -123,7 +123,7 @@ class Engine:
         segmenter = self._intake.segmenter
         self._signals = Signals(cfg, tok, self._dispatch, dense=dense, cut_before=lambda: segmenter.next_seq)
         self._questions = Questions(cfg, first.scorer, first.scoring_model.window)
-        self._watches = Watches(self._questions, self._signals, tok)
+        self._watches = Watches(self._questions, self._signals, tok, embedder=cfg.embedder)
         self._journal = Journal(cfg, self._intake, self._queue, self._store, self._questions, self._signals,
                                 self._counters)  # fmt: skip
         self._feeder = Feeder(self._intake, self._journal, self._queue, self._counters, len(tok), lambda: self._closed)
@@ -342,7 +342,7 @@ class Engine:
         self,
         question: str,
         *,
-        threshold: str | float | Threshold = DEFAULT_THRESHOLD,
+        threshold: str | float | Threshold = "auto",
         measure: str = DEFAULT_WATCH_MEASURE,
         warmup: int | None = None,
         cooldown: int = DEFAULT_COOLDOWN,
@@ -354,15 +354,18 @@ class Engine:
         and one whose relevance crosses ``threshold`` emits an :class:`Alert` event.
 
         ``threshold``: ``"z2"`` (2 standard deviations above the mean of the recent scores),
-        ``"p99.5"`` (above their 99.5th percentile) or a number (an absolute score); relative
-        thresholds wait ``warmup`` segments (default: enough for the threshold to mean
-        something). ``measure``: a certainty measure (``nll`` by default), ``dense`` or
-        ``fused`` (certainty, BM25 and dense z-scores summed: finds incidents that do not share
-        the question's words). ``min_overlap``: the lexical gate, the share of the question's
-        information (idf-weighted words) the segment must hold; None turns it off (then use a
-        stricter threshold, e.g. ``"z4"``); ``"auto"``: 0.2 for a certainty measure, off for
-        ``dense`` and ``fused``. ``cooldown``: crossings within that many segments
-        of the last one do not alert again. ``explain``: the reader answers the question from
+        ``"p99.5"`` (above their 99.5th percentile), a number (an absolute score), or
+        ``"auto"``: the threshold measured for the measure, its gate and the engine's embedder
+        (z2 with the lexical gate, z4 without, z5.5 for ``fused`` with MiniLM, z4.625 with
+        mpnet: :func:`~xl3m_stream.monitor.auto_threshold`); relative thresholds wait
+        ``warmup`` segments (default: enough for the threshold to mean something).
+        ``measure``: a certainty measure (``nll`` by default), ``dense`` or ``fused``
+        (certainty, BM25 and dense z-scores summed: finds incidents that do not share the
+        question's words). ``min_overlap``: the lexical gate, the share of the question's
+        information (idf-weighted words) the segment must hold; None turns it off (the
+        ``"auto"`` threshold is then stricter); ``"auto"``: 0.2 for a certainty measure, off
+        for ``dense`` and ``fused``. ``cooldown``: crossings within that many segments of the
+        last one do not alert again. ``explain``: the reader answers the question from
         the alerting segment, off the scoring path, and the alert is emitted with that answer
         as ``explanation``.
         All watched questions share one pass per batch: each segment is computed once and

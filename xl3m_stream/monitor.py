@@ -44,7 +44,9 @@ __all__ = [
     "DEFAULT_WATCH_MEASURE",
     "DEFAULT_WINDOW",
     "FUSED_THRESHOLD",
+    "FUSED_THRESHOLDS",
     "SIGNAL_MEASURES",
+    "UNGATED_THRESHOLD",
     "WATCH_MEASURES",
     "Decision",
     "Lexicon",
@@ -53,6 +55,7 @@ __all__ = [
     "Threshold",
     "Watch",
     "WatchStats",
+    "auto_threshold",
     "check_watch_options",
 ]
 
@@ -63,24 +66,33 @@ values for this watch, summed: :class:`~xl3m_stream.relevance.ArrivalFusion`).""
 SIGNAL_MEASURES = ("dense", "fused")
 """The watch measures that are not certainty measures: the engine computes them for the watch,
 beside its own measure, and they have no lexical gate by default."""
-FUSED_THRESHOLD = "z5.5"
-"""The threshold measured for ``fused`` watches; pass it as ``threshold=`` (the default, ``z2``,
-is the certainty watch's, which its lexical gate keeps quiet). Chosen on the monitoring
-benchmark's tuning seeds 11 and 12: precision 1.0 and recall 0.917 over both anywhere from z5.25
-to z6 (docs/MONITORING.md)."""
+FUSED_THRESHOLDS = {"minilm": "z5.5", "mpnet": "z4.625"}
+"""The threshold measured for ``fused`` watches, by the dense signal's embedder
+(``EngineConfig.embedder``); ``threshold="auto"`` picks it. Chosen on the monitoring benchmark's
+tuning seeds 11 and 12 (docs/MONITORING.md): MiniLM's precision 1.0 and recall 0.917 over both
+anywhere from z5.25 to z6; mpnet's precision 1.0 and recall 0.917 (seed 11) and 1.0 (seed 12)
+from z4.5 to z4.75, z4.625 its middle."""
+FUSED_THRESHOLD = FUSED_THRESHOLDS["minilm"]
+"""The ``fused`` threshold of the default embedder (MiniLM), and of an embedder directory,
+for which none was measured."""
+UNGATED_THRESHOLD = "z4"
+"""``threshold="auto"`` for a certainty measure without the lexical gate (``min_overlap=None``):
+the best model-only trade-off measured (docs/MONITORING.md)."""
 FUSED_SIGNALS = {"certainty": "nll", "lexical": "bm25", "dense": "dense"}
 """The signals a ``fused`` watch combines, and the score each is read from (those present)."""
 DEFAULT_WATCH_MEASURE = "nll"
 """Measure a watch alerts on unless told otherwise (chosen by measurement: docs/MONITORING.md)."""
 DEFAULT_THRESHOLD = "z2"
-"""Threshold of a watch unless told otherwise (with the lexical gate; without it, use ``"z4"``)."""
+"""``threshold="auto"`` for a certainty measure with its lexical gate, and for ``dense`` (for
+which no threshold was tuned: its scores are one cosine, pass a stricter one where it is noisy)."""
 DEFAULT_MIN_OVERLAP = 0.2
 """Lexical gate of a watch on a certainty measure unless told otherwise (None turns it off:
 the model's relevance alone). ``dense`` and ``fused`` watches have no gate unless given one:
 their signals are there to find incidents that do not share the question's words."""
 AUTO = "auto"
 """``min_overlap="auto"``: :data:`DEFAULT_MIN_OVERLAP` for a certainty measure, no gate for
-``dense`` and ``fused``."""
+``dense`` and ``fused``. ``threshold="auto"``: the threshold measured for the watch's measure
+and gate (:func:`auto_threshold`)."""
 DEFAULT_COOLDOWN = 1
 """Crossings within this many segments of the previous crossing do not alert again."""
 MIN_WARMUP = 32
@@ -248,7 +260,7 @@ class WatchStats(msgspec.Struct, frozen=True, kw_only=True):
 def check_watch_options(
     question: str,
     *,
-    threshold: str | float | Threshold = DEFAULT_THRESHOLD,
+    threshold: str | float | Threshold = AUTO,
     measure: str = DEFAULT_WATCH_MEASURE,
     warmup: int | None = None,
     cooldown: int = DEFAULT_COOLDOWN,
@@ -256,17 +268,23 @@ def check_watch_options(
     min_overlap: float | Literal["auto"] | None = AUTO,
     explain: bool = False,
     window: int = DEFAULT_WINDOW,
+    embedder: str = "minilm",
 ) -> Watch:
     """Check a standing question and its options as :meth:`Monitor.add` does, registering
     nothing (the CLI checks them before it loads a model); returns the :class:`Watch` they
-    make, with ``id`` 0 and the defaults resolved. Raises InputError on a bad value, with the
+    make, with ``id`` 0 and the defaults resolved. ``embedder`` (``EngineConfig.embedder``)
+    picks a ``fused`` watch's ``"auto"`` threshold. Raises InputError on a bad value, with the
     message :meth:`Monitor.add` gives (it calls this).
     """
     if not isinstance(question, str) or not question.strip():
         raise InputError("a watched question must be a non-empty string")
-    spec = Threshold.parse(threshold)
     if measure not in WATCH_MEASURES:
         raise InputError(f"measure must be one of {', '.join(WATCH_MEASURES)}, got {measure!r}")
+    if isinstance(min_overlap, str) and min_overlap == AUTO:
+        min_overlap = None if measure in SIGNAL_MEASURES else DEFAULT_MIN_OVERLAP
+    if isinstance(threshold, str) and threshold.strip().lower() == AUTO:
+        threshold = auto_threshold(measure, gated=min_overlap is not None, embedder=embedder)
+    spec = Threshold.parse(threshold)
     if warmup is None:
         warmup = spec.default_warmup()
     for name, value, least in (("warmup", warmup, 0), ("cooldown", cooldown, 0), ("window", window, 2)):
@@ -295,6 +313,18 @@ def check_watch_options(
     )
 
 
+def auto_threshold(measure: str, *, gated: bool, embedder: str = "minilm") -> str:
+    """The threshold measured for a watch on ``measure`` (with the lexical gate or not) whose
+    engine embeds with ``embedder``: :data:`FUSED_THRESHOLDS` for ``fused`` (MiniLM's for an
+    embedder directory), :data:`DEFAULT_THRESHOLD` for a gated certainty measure and ``dense``,
+    :data:`UNGATED_THRESHOLD` for a certainty measure without its gate."""
+    if measure == "fused":
+        return FUSED_THRESHOLDS.get(embedder, FUSED_THRESHOLD)
+    if measure in SIGNAL_MEASURES or gated:
+        return DEFAULT_THRESHOLD
+    return UNGATED_THRESHOLD
+
+
 class _State:
     __slots__ = ("alerts", "fusion", "last_crossing", "lexicon", "scores", "suppressed")
 
@@ -308,9 +338,11 @@ class _State:
 
 
 class Monitor:
-    """The watched questions of one engine and their running statistics."""
+    """The watched questions of one engine and their running statistics. ``embedder`` (the
+    engine's ``EngineConfig.embedder``) picks a ``fused`` watch's ``"auto"`` threshold."""
 
-    def __init__(self) -> None:
+    def __init__(self, embedder: str = "minilm") -> None:
+        self._embedder = embedder
         self._watches: dict[int, Watch] = {}
         self._states: dict[int, _State] = {}
         self._next_id = 1
@@ -319,7 +351,7 @@ class Monitor:
         self,
         question: str,
         *,
-        threshold: str | float | Threshold = DEFAULT_THRESHOLD,
+        threshold: str | float | Threshold = AUTO,
         measure: str = DEFAULT_WATCH_MEASURE,
         warmup: int | None = None,
         cooldown: int = DEFAULT_COOLDOWN,
@@ -331,8 +363,8 @@ class Monitor:
         """Register a standing question; returns its :class:`Watch` (``.id`` names it).
 
         ``warmup=None`` picks :meth:`Threshold.default_warmup`; ``min_overlap="auto"`` the gate
-        of the measure (:data:`AUTO`). Raises InputError on a bad value (see
-        :func:`check_watch_options`, which checks them).
+        of the measure and ``threshold="auto"`` its measured threshold (:data:`AUTO`). Raises
+        InputError on a bad value (see :func:`check_watch_options`, which checks them).
         """
         checked = check_watch_options(
             question,
@@ -344,6 +376,7 @@ class Monitor:
             min_overlap=min_overlap,
             explain=explain,
             window=window,
+            embedder=self._embedder,
         )
         return self._register(msgspec.structs.replace(checked, id=self._next_id))
 

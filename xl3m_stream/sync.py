@@ -20,7 +20,7 @@ from .errors import EngineClosedError
 from .events import Event, EventStream
 from .inference import KeyContext
 from .metrics import Metrics
-from .monitor import DEFAULT_COOLDOWN, DEFAULT_THRESHOLD, DEFAULT_WATCH_MEASURE, Threshold, WatchStats
+from .monitor import DEFAULT_COOLDOWN, DEFAULT_WATCH_MEASURE, Threshold, WatchStats
 from .persistence import InputMark, RecoveryReport
 from .segment import Segment
 from .sources import DecodeStats
@@ -223,7 +223,7 @@ class SyncEngine:
         self,
         question: str,
         *,
-        threshold: str | float | Threshold = DEFAULT_THRESHOLD,
+        threshold: str | float | Threshold = "auto",
         measure: str = DEFAULT_WATCH_MEASURE,
         warmup: int | None = None,
         cooldown: int = DEFAULT_COOLDOWN,

@@ -38,7 +38,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
         options["min_overlap"] = None
     if args.explain:
         options["explain"] = True
-    check_watch_options(questions[0], **options)  # before loading a model
+    check_watch_options(questions[0], **options, embedder=args.embedder or "minilm")  # before loading a model
     overrides: dict[str, Any] = {"measure": measure}
     if measure in SIGNAL_MEASURES:  # a watch's signal only: the engine keeps its certainty measure
         args.measure, overrides = None, {}

@@ -36,8 +36,8 @@ class SavedWatches(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
 
 
 class Watches:
-    def __init__(self, questions: Questions, signals: Signals, tokenizer: Any) -> None:
-        self.monitor = Monitor()
+    def __init__(self, questions: Questions, signals: Signals, tokenizer: Any, *, embedder: str) -> None:
+        self.monitor = Monitor(embedder)
         self._questions = questions
         self._signals = signals
         self._tokenizer = tokenizer
