@@ -5,8 +5,9 @@
     python examples/watch_log.py --model DIR       # another scoring model (a local directory, .gguf, ...)
 
 Each segment of the log is scored against every watched question in one shared pass; a
-segment whose relevance is well above the question's usual scores (``--threshold z2``: two
-standard deviations above the mean of the recent scores) and that holds enough of the
+segment whose relevance is well above the question's usual scores (``--threshold auto``, the
+measured one: two standard deviations above the mean of the recent scores with the lexical
+gate, four without) and that holds enough of the
 question's informative words (the lexical gate, ``--min-overlap 0.2``) raises an ``Alert``
 event, printed here with its line range and time range. The command-line equivalent is
 ``xl3m-stream watch PATH --question ...``; see docs/MONITORING.md.
@@ -98,7 +99,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default="default", help="scoring model (default: the library's default)")
     p.add_argument("--lines", type=int, default=240, help="lines of the generated log (default 240)")
     p.add_argument("--seed", type=int, default=3, help="seed of the generated log")
-    p.add_argument("--threshold", default="z2", help="pNN, zN or a number (default z2)")
+    p.add_argument("--threshold", default="auto", help="auto, pNN, zN or a number (default auto: z2 gated, z4 not)")
     p.add_argument("--min-overlap", type=float, default=0.2, help="lexical gate (default 0.2)")
     p.add_argument("--no-lexical", dest="min_overlap", action="store_const", const=None, help="no lexical gate")
     p.add_argument("--warmup", type=int, default=24, help="segments observed before alerting (default 24)")
