@@ -20,10 +20,18 @@ async def test_xl3m_results_carry_each_signals_evidence_rank(tiny_model_dir: Pat
         methods=["xl3m", "bm25"],
         engine=tiny_config(tiny_model_dir, question=None, store_segments=64),
     )
-    report = await run_eval(cfg)
+    said: list[str] = []
+    report = await run_eval(cfg, progress=said.append)
     xl3m = [s for s in report.samples if s.method == "xl3m"]
     bm25 = [s for s in report.samples if s.method == "bm25"]
     assert len(xl3m) == len(bm25) == 2
+    # progress reports every result as it comes, in the report's order, before the run ends
+    results = [line for line in said if line.startswith("  ")]
+    assert results == [
+        f"  {s.method}: selection recall {s.selection_recall:.2f}, evidence rank {s.evidence_rank}, "
+        + f"accuracy {s.accuracy:.2f}, {s.seconds:.1f} s"
+        for s in report.samples
+    ]
     for s in xl3m:
         assert s.signal_ranks is not None
         assert set(s.signal_ranks) == {"certainty", "lexical", "arrival"}  # dense is off in these tests

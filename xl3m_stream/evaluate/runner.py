@@ -281,6 +281,13 @@ async def _evaluate_sample(engine: Any, sample: Sample, cfg: EvalConfig, say: Pr
         selected = "".join(s.text for s in answer.segments)
         recall = sum(contains_evidence(sample, selected, k) for k in range(len(sample.evidence))) / len(sample.evidence)
         rank = None if ranking is None else rank_of(ranking)
+        accuracy = float(score_answer(sample, answer.text)) if cfg.read else None
+        seconds = round(seconds, 3)
+        say(  # each result as it comes: a long run's figures are readable before its report
+            f"  {method}: selection recall {recall:.2f}, evidence rank {'-' if rank is None else rank}"
+            + ("" if accuracy is None else f", accuracy {accuracy:.2f}")
+            + f", {seconds:.1f} s"
+        )
         results.append(
             SampleResult(
                 task=sample.task,
@@ -289,12 +296,12 @@ async def _evaluate_sample(engine: Any, sample: Sample, cfg: EvalConfig, say: Pr
                 method=method,
                 seed=sample.seed,
                 depth=sample.depth,
-                accuracy=float(score_answer(sample, answer.text)) if cfg.read else None,
+                accuracy=accuracy,
                 selection_recall=recall,
                 evidence_rank=rank,
                 answer=answer.text,
                 context_tokens=answer.context_tokens,
-                seconds=round(seconds, 3),
+                seconds=seconds,
                 signal_ranks=signal_ranks,
                 signals=signals,
             )
