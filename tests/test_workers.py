@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 import anyio
+import anyio.lowlevel
 import pytest
 
-from xl3m_stream.workers import DeviceThreads
+from xl3m_stream.workers import DeviceThreads, _waker
 
 BACKENDS = ["asyncio", "trio"]
 
@@ -84,6 +86,40 @@ def test_cancelling_the_caller_waits_for_the_job() -> None:
 
     cancelled, finished = anyio.run(main)
     assert cancelled and finished  # the cancel took effect only after the job was done
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_finished_job_does_not_wait_for_the_loop_before_the_next_starts(backend: str) -> None:
+    """The thread hands its result to the loop and goes on: with the loop busy (here blocked),
+    the next queued job still starts. A hand-off that waits for the loop would stall it."""
+
+    async def main() -> bool:
+        threads = DeviceThreads("t", 1)
+        release_a = threading.Event()
+        started_b = threading.Event()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(threads.run, lambda: release_a.wait(10))
+            tg.start_soon(threads.run, started_b.set)
+            while threads._jobs.qsize() < 1:  # job A taken by the thread, job B queued behind it
+                await anyio.sleep(0.001)
+            release_a.set()
+            b_started_while_loop_blocked = started_b.wait(5)  # blocks the event loop's thread
+        threads.close()
+        return b_started_while_loop_blocked
+
+    assert anyio.run(main, backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_waking_a_loop_that_has_ended_raises_runtime_error(backend: str) -> None:
+    """What a job that outlives its caller's loop meets (and DeviceThreads.run swallows)."""
+
+    async def grab() -> Callable[[Callable[[], object]], None]:
+        return _waker(anyio.lowlevel.current_token())
+
+    wake = anyio.run(grab, backend=backend)
+    with pytest.raises(RuntimeError):
+        wake(lambda: None)
 
 
 def test_closed_threads_refuse_jobs_and_end() -> None:

@@ -68,7 +68,7 @@ class DeviceThreads:
         if self._closed:
             raise RuntimeError(f"{self.name}: the worker threads are closed")
         self._start()
-        token = anyio.lowlevel.current_token()
+        wake = _waker(anyio.lowlevel.current_token())
         done = anyio.Event()
         outcome: list[tuple[bool, object]] = []
 
@@ -78,7 +78,7 @@ class DeviceThreads:
             except BaseException as exc:  # handed to the caller, whatever it is
                 outcome.append((False, exc))
             try:
-                anyio.from_thread.run_sync(done.set, token=token)
+                wake(done.set)
             except RuntimeError:  # the event loop has ended: nobody waits for this job
                 pass
 
@@ -113,3 +113,19 @@ class DeviceThreads:
     def threads(self) -> list[threading.Thread]:
         """The threads started so far."""
         return list(self._threads)
+
+
+def _waker(token: anyio.lowlevel.EventLoopToken) -> Callable[[Callable[[], object]], None]:
+    """How a worker thread schedules a call on the caller's event loop without waiting for it.
+
+    ``anyio.from_thread.run_sync`` blocks the thread until the loop has run the call: with a
+    fast forward that wait was 10% of the scoring thread's time (docs/PERFORMANCE.md), time in
+    which it could have started the next batch. asyncio's loop and trio's token both take a
+    call from another thread and return at once; both raise a RuntimeError once their loop has
+    ended. Another backend falls back to the blocking call.
+    """
+    native = token.native_token
+    soon = getattr(native, "call_soon_threadsafe", None) or getattr(native, "run_sync_soon", None)
+    if callable(soon):
+        return lambda fn: soon(fn)
+    return lambda fn: anyio.from_thread.run_sync(fn, token=token)
