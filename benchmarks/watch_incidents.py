@@ -13,9 +13,10 @@ in a subprocess, and scores its alerts:
 
 precision = true alerts / alerts; recall = detected incidents / watched incidents. The last
 line printed is one JSON object with every figure. The watch settings default to the
-library's (``--measure nll --threshold z2 --min-overlap auto --cooldown 1``: the lexical gate
-is 0.2 for a certainty measure and off for ``dense`` and ``fused``); ``--no-lexical`` turns it
-off, ``--min-overlap X`` sets it. Results and how the defaults were chosen: docs/MONITORING.md.
+library's (``--measure nll --threshold auto --min-overlap auto --cooldown 1``: the lexical
+gate is 0.2 for a certainty measure and off for ``dense`` and ``fused``; ``auto`` is the
+threshold measured for the measure, its gate and the embedder, z2 here); ``--no-lexical``
+turns the gate off, ``--min-overlap X`` sets it. Results and how the defaults were chosen: docs/MONITORING.md.
 
 Tuning without peeking: ``--dump FILE`` runs the same command with a threshold no score
 misses (every segment alerts for every question: all scores, all measures), and
@@ -27,6 +28,9 @@ uses, in seconds. Tune on dumps of other seeds; report the held-out seed's live 
     python benchmarks/watch_incidents.py --tokens 200000 --seed 11 --dump /tmp/seed11.jsonl
     python benchmarks/watch_incidents.py --replay /tmp/seed11.jsonl --threshold z5
     python benchmarks/watch_incidents.py --replay /tmp/seed11.jsonl --measure fused --threshold z4.5 --embedder mpnet
+
+A dump records the embedder it ran with; ``--replay`` picks ``auto``'s fused threshold for
+it (or for ``--embedder``, whose dense scores then replace the dump's).
 """
 
 from __future__ import annotations
@@ -57,7 +61,6 @@ from xl3m_stream.monitor import (
     AUTO,
     DEFAULT_COOLDOWN,
     DEFAULT_MIN_OVERLAP,
-    DEFAULT_THRESHOLD,
     DEFAULT_WATCH_MEASURE,
     Monitor,
 )
@@ -170,17 +173,19 @@ def replay(
     warmup: int | None,
     cooldown: int,
     min_overlap: float | str | None = AUTO,
+    embedder: str = "minilm",
 ) -> list[Alert]:
     """The alerts a watch with these settings would have raised, from a dump of every score.
 
-    Feeds each question's scores to a :class:`Monitor` in stream order, as the engine does.
+    Feeds each question's scores to a :class:`Monitor` in stream order, as the engine does;
+    ``embedder`` is the one whose dense scores these are (it picks ``auto``'s fused threshold).
     """
     by_q: dict[str, list[Alert]] = defaultdict(list)
     for a in dump:
         by_q[a.question].append(a)
     out = []
     for question, rows in by_q.items():
-        monitor = Monitor()
+        monitor = Monitor(embedder)
         watch = monitor.add(
             question, threshold=threshold, measure=measure, warmup=warmup, cooldown=cooldown, min_overlap=min_overlap
         )
@@ -260,7 +265,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--dtype", default="float32", help="model dtype (default float32)")
     p.add_argument("--device", action="append", help="cpu, cuda:0, ... (default: the engine's)")
-    p.add_argument("--threshold", default=DEFAULT_THRESHOLD, help=f"watch threshold (default {DEFAULT_THRESHOLD})")
+    p.add_argument(
+        "--threshold",
+        default=AUTO,
+        help="watch threshold (default auto, the library's: measured for the measure, its gate and the embedder)",
+    )
     p.add_argument("--measure", default=DEFAULT_WATCH_MEASURE, help=f"watch measure (default {DEFAULT_WATCH_MEASURE})")
     p.add_argument("--warmup", type=int, help="warm-up segments (default: the threshold's)")
     p.add_argument("--cooldown", type=int, default=DEFAULT_COOLDOWN)
@@ -308,7 +317,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         alerts, seconds, stderr = run_watch(log_path, truth.questions, args, dump=bool(args.dump))
         if args.dump:
             with open(args.dump, "wb") as f:
-                head = {"truth": truth, "model": args.model, "segment_tokens": args.segment_tokens}
+                head = {
+                    "truth": truth,
+                    "model": args.model,
+                    "segment_tokens": args.segment_tokens,
+                    "embedder": args.embedder or "minilm",
+                }
                 f.write(msgspec.json.encode(head) + b"\n")
                 for a in alerts:
                     f.write(msgspec.json.encode(a) + b"\n")
@@ -328,6 +342,7 @@ def _main_replay(args: argparse.Namespace) -> int:
         head = msgspec.json.decode(f.readline())
         truth = msgspec.convert(head["truth"], Truth)
         args.model, args.segment_tokens = head.get("model"), head.get("segment_tokens")
+        dumped_with = head.get("embedder") or "minilm"  # dumps before 2026-12-05 did not say (mpnet ones: pass it)
         decoder = msgspec.json.Decoder(Alert)
         dump = [decoder.decode(line) for line in f if line.strip()]
     if args.embedder:
@@ -339,7 +354,10 @@ def _main_replay(args: argparse.Namespace) -> int:
         warmup=args.warmup,
         cooldown=args.cooldown,
         min_overlap=args.min_overlap,
+        embedder=args.embedder or dumped_with,
     )
+    if not args.embedder:
+        args.embedder = dumped_with
     result = evaluate(alerts, truth)
     _report(result, truth, args, seconds=None, tokens=truth.tokens, stderr="")
     return 0
