@@ -118,9 +118,9 @@ class DeviceThreads:
 def _waker(token: anyio.lowlevel.EventLoopToken) -> Callable[[Callable[[], object]], None]:
     """How a worker thread schedules a call on the caller's event loop without waiting for it.
 
-    ``anyio.from_thread.run_sync`` blocks the thread until the loop has run the call: with a
-    fast forward that wait was 10% of the scoring thread's time (docs/PERFORMANCE.md), time in
-    which it could have started the next batch. asyncio's loop and trio's token both take a
+    ``anyio.from_thread.run_sync`` blocks the thread until the loop has run the call, so a busy
+    loop stalls the device (py-spy: 10% of the scoring thread's time on a near-free forward; on
+    two CPU cores the queued batch hid it, docs/PERFORMANCE.md). asyncio's loop and trio's token both take a
     call from another thread and return at once; both raise a RuntimeError once their loop has
     ended. Another backend falls back to the blocking call.
     """
