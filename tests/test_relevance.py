@@ -86,6 +86,53 @@ def test_arrival_score_is_the_strongest_signal() -> None:
     assert fusion.score({"certainty": 100.0, "lexical": 100.0, "dense": 1.0}) == 0.0  # no statistics yet
 
 
+@settings(max_examples=100, deadline=None)
+@given(
+    history=st.lists(st.tuples(*[st.floats(-10, 10, allow_nan=False) for _ in range(3)]), min_size=2, max_size=40),
+    last=st.tuples(*[st.floats(-10, 10, allow_nan=False) for _ in range(3)]),
+)
+def test_a_fused_watch_scores_the_two_strongest_signals(
+    history: list[tuple[float, float, float]], last: tuple[float, float, float]
+) -> None:
+    """``top2`` is the sum of the two largest of the z-scores ``max`` takes the largest of, so
+    the weakest signal never lowers it (no veto) and no single signal makes all of it."""
+    names = ["certainty", "lexical", "dense"]
+    fusions = {c: ArrivalFusion(names, combine=c) for c in ("max", "top2")}
+    for row in history:
+        for f in fusions.values():
+            f.score(dict(zip(names, row)))
+    zs = []
+    for name, value in zip(names, last):  # each signal's z-score, from the statistics before this one
+        stats = fusions["max"]._stats[name]
+        zs.append((value - stats.mean) / max(stats.std, fusions["max"]._floor[name]))
+    best = fusions["max"].score(dict(zip(names, last)))
+    two = fusions["top2"].score(dict(zip(names, last)))
+    assert best == pytest.approx(max(zs), abs=1e-9)
+    assert two == pytest.approx(sum(sorted(zs)[-2:]), abs=1e-6)
+    assert two >= max(zs) + min(zs) - 1e-6  # the weakest signal is left out, not added
+
+
+def test_a_signal_blind_to_a_paraphrase_does_not_veto_it() -> None:
+    """Seed 7002's case: a disk-full incident the certainty does not see (z-scores about -0.84,
+    4.62, 3.58: summed 7.36) against a routine ``disk usage 92%`` near miss each signal sees a
+    little (1.16, 3.0, 3.72: summed 7.88). Summed, the near miss wins; the two strongest rank
+    the incident first (8.2 against 6.72)."""
+    names = ["certainty", "lexical", "dense"]
+    fusion = ArrivalFusion(names, combine="top2")
+    for i in range(200):  # certainty -5 +- 0.14, BM25 0.5 +- 0.41 (floor 0.5), dense 0.2 +- 0.014 (floor 0.02)
+        fusion.score(
+            {"certainty": -5.0 + 0.1 * (i % 5 - 2), "lexical": 0.5 * (i % 3), "dense": 0.2 + 0.01 * (i % 5 - 2)}
+        )
+    std = 0.1 * math.sqrt(2)
+    near = {"certainty": -5.0 + 1.16 * std, "lexical": 0.5 + 3.0 * 0.5, "dense": 0.2 + 3.72 * 0.02}
+    incident = {"certainty": -5.0 - 0.84 * std, "lexical": 0.5 + 4.62 * 0.5, "dense": 0.2 + 3.58 * 0.02}
+    near_score = fusion.score(near)
+    incident_score = fusion.score(incident)
+    assert near_score == pytest.approx(3.0 + 3.72, abs=0.05)
+    assert incident_score == pytest.approx(4.62 + 3.58, abs=0.05)
+    assert incident_score > near_score
+
+
 def test_a_signal_constant_so_far_does_not_crown_its_first_weak_match() -> None:
     """BM25 is 0 on every segment without a question word; the first weak match (one common
     word) must not get a z-score of millions and outrank the evidence that comes later."""

@@ -1,5 +1,8 @@
 """The monitoring benchmark's replay picks a fused watch's ``auto`` threshold for the embedder
-whose dense scores it replays (the dump's, or ``--embedder``), as the engine would."""
+whose dense scores it replays (the dump's, or ``--embedder``), as the engine would.
+
+The two embedders' measured thresholds are equal today (z5.625), so each test sets them apart
+in the library's own table (``FUSED_THRESHOLDS``) to see which one a replay reaches."""
 
 from __future__ import annotations
 
@@ -67,8 +70,10 @@ def _spike(size: float) -> Alert:
     return _row(200, -5 + 0.3 * size, 1 + 0.5 * size, 0.3 + 0.05 * size)
 
 
-def test_the_two_embedders_have_different_fused_thresholds() -> None:
-    assert FUSED_THRESHOLDS["minilm"] != FUSED_THRESHOLDS["mpnet"]
+@pytest.fixture(autouse=True)
+def _thresholds_apart(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(FUSED_THRESHOLDS, "minilm", "z5.625")
+    monkeypatch.setitem(FUSED_THRESHOLDS, "mpnet", "z4.5")
 
 
 @pytest.mark.parametrize(("embedder", "alerts"), [("mpnet", 1), ("minilm", 0)])

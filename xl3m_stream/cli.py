@@ -244,7 +244,7 @@ def _add_watch_command(sub: Any) -> None:
         "--threshold",
         help="pNN: above the NN-th percentile of recent scores (e.g. p99.5); zN: N standard deviations above "
         "their mean (e.g. z4); a number: an absolute score; auto (default): the threshold measured for the "
-        "measure (z2 with the lexical gate, z4 without, fused z5.5 with minilm, z4.625 with mpnet)",
+        "measure (z2 with the lexical gate, z4 without, z5.625 for fused)",
     )
     w.add_argument("--warmup", type=int, help="segments observed before the first alert (default: from the threshold)")
     w.add_argument("--cooldown", type=int, help="no new alert within N segments of the last crossing (default 1)")

@@ -356,11 +356,11 @@ class Engine:
         ``threshold``: ``"z2"`` (2 standard deviations above the mean of the recent scores),
         ``"p99.5"`` (above their 99.5th percentile), a number (an absolute score), or
         ``"auto"``: the threshold measured for the measure, its gate and the engine's embedder
-        (z2 with the lexical gate, z4 without, z5.5 for ``fused`` with MiniLM, z4.625 with
-        mpnet: :func:`~xl3m_stream.monitor.auto_threshold`); relative thresholds wait
+        (z2 with the lexical gate, z4 without, z5.625 for ``fused`` with either embedder:
+        :func:`~xl3m_stream.monitor.auto_threshold`); relative thresholds wait
         ``warmup`` segments (default: enough for the threshold to mean something).
         ``measure``: a certainty measure (``nll`` by default), ``dense`` or ``fused``
-        (certainty, BM25 and dense z-scores summed: finds incidents that do not share the
+        (certainty, BM25 and dense z-scores, the two largest summed: finds incidents that do not share the
         question's words). ``min_overlap``: the lexical gate, the share of the question's
         information (idf-weighted words) the segment must hold; None turns it off (the
         ``"auto"`` threshold is then stricter); ``"auto"``: 0.2 for a certainty measure, off

@@ -160,21 +160,28 @@ def term_counts(text: str) -> Counter[str]:
     return Counter(words(text))
 
 
+COMBINE = ("max", "top2")
+"""How :class:`ArrivalFusion` combines a segment's z-scores: the largest, or the two largest summed."""
+
+
 class ArrivalFusion:
     """Arrival scores: each signal as a z-score against its own recent values, combined.
 
     ``combine="max"`` (the store's): the largest z-score counts, so a segment strong in any one
-    signal ranks high and survives eviction. ``combine="sum"`` (a fused watch's): the z-scores
-    add up, so an alert needs the signals' weight together, and one signal's noise alone
-    (a rare word, a confident guess) is diluted by the others.
+    signal ranks high and survives eviction. ``combine="top2"`` (a fused watch's): the two
+    largest z-scores add up, so an alert needs two signals to agree (one signal's noise alone,
+    a rare word or a confident guess, is not enough), while the weakest signal has no veto: a
+    paraphrase the certainty does not see (its z-score below zero) is judged by the two that
+    do. (A plain sum let that blind signal pull real incidents under routine near misses:
+    docs/MONITORING.md.) With one signal it is that signal's z-score, with two their sum.
 
     One instance per question: :meth:`reset` when the question that arriving segments are
     scored against changes (its scales change with it).
     """
 
     def __init__(self, signals: Sequence[str], window: int = 4096, *, combine: str = "max") -> None:
-        if combine not in ("max", "sum"):
-            raise ValueError(f"combine must be 'max' or 'sum', got {combine!r}")
+        if combine not in COMBINE:
+            raise ValueError(f"combine must be one of {', '.join(COMBINE)}, got {combine!r}")
         self.signals = tuple(signals)
         self.window = window
         self.combine = combine
@@ -194,7 +201,9 @@ class ArrivalFusion:
                 z = (value - stats.mean) / max(stats.std, self._floor[name])
             zs.append(z)
             stats.add(value)
-        return max(zs) if self.combine == "max" else math.fsum(zs)
+        if self.combine == "max":
+            return max(zs)
+        return math.fsum(sorted(zs)[-2:])
 
 
 def passage_similarity(question: np.ndarray, segments: Sequence[np.ndarray]) -> list[float]:
