@@ -153,7 +153,7 @@ def _engine_options(p: argparse.ArgumentParser) -> None:
         "--measure",
         choices=WATCH_MEASURES,
         help="relevance measure (watch only: dense, the question's embedding similarity; fused, the "
-        "certainty, BM25 and dense signals each against its own recent values)",
+        "certainty, BM25 and dense signals each against its own recent values, the two strongest summed)",
     )
     g.add_argument(
         "--relevance",
