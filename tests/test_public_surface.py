@@ -1105,6 +1105,7 @@ EXPECTED_MODULES: dict[str, list[str]] = {
     ],
     "xl3m_stream.relevance": [
         "ArrivalFusion",
+        "COMBINE",
         "LexicalIndex",
         "LexicalState",
         "MIN_STATS",
