@@ -95,13 +95,24 @@ def test_a_finished_job_does_not_wait_for_the_loop_before_the_next_starts(backen
 
     async def main() -> bool:
         threads = DeviceThreads("t", 1)
+        running_a = threading.Event()
         release_a = threading.Event()
         started_b = threading.Event()
+
+        def job_a() -> bool:
+            running_a.set()
+            return release_a.wait(10)
+
         async with anyio.create_task_group() as tg:
-            tg.start_soon(threads.run, lambda: release_a.wait(10))
-            tg.start_soon(threads.run, started_b.set)
-            while threads._jobs.qsize() < 1:  # job A taken by the thread, job B queued behind it
-                await anyio.sleep(0.001)
+            # A first, on the thread; then B, queued behind it. (Started together, trio may
+            # queue B first: the thread then runs B at once, and waiting for a queued job hangs.)
+            tg.start_soon(threads.run, job_a)
+            with anyio.fail_after(10):
+                while not running_a.is_set():
+                    await anyio.sleep(0.001)
+                tg.start_soon(threads.run, started_b.set)
+                while threads._jobs.qsize() < 1:
+                    await anyio.sleep(0.001)
             release_a.set()
             b_started_while_loop_blocked = started_b.wait(5)  # blocks the event loop's thread
         threads.close()
