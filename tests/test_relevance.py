@@ -98,13 +98,13 @@ def test_a_fused_watch_scores_the_two_strongest_signals(
     the weakest signal never lowers it (no veto) and no single signal makes all of it."""
     names = ["certainty", "lexical", "dense"]
     fusions = {c: ArrivalFusion(names, combine=c) for c in ("max", "top2")}
+    alone = {name: ArrivalFusion([name]) for name in names}  # one signal: its z-score as it is
     for row in history:
         for f in fusions.values():
             f.score(dict(zip(names, row)))
-    zs = []
-    for name, value in zip(names, last):  # each signal's z-score, from the statistics before this one
-        stats = fusions["max"]._stats[name]
-        zs.append((value - stats.mean) / max(stats.std, fusions["max"]._floor[name]))
+        for name, value in zip(names, row):
+            alone[name].score({name: value})
+    zs = [alone[name].score({name: value}) for name, value in zip(names, last)]
     best = fusions["max"].score(dict(zip(names, last)))
     two = fusions["top2"].score(dict(zip(names, last)))
     assert best == pytest.approx(max(zs), abs=1e-9)
