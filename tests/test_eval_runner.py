@@ -113,3 +113,37 @@ async def test_the_offline_fusion_benchmark_reproduces_the_engines_selection(
     assert "engine rule agrees with the run on 6 of 6 samples" in out, out
     # and the agreement means something: the run both selected and missed evidence
     assert {s.selection_recall for s in report.samples} >= {0.0, 1.0}
+
+
+async def test_a_run_from_a_later_sample_repeats_those_samples_and_merges(tiny_model_dir: Path) -> None:
+    from xl3m_stream.evaluate.report import merge_reports
+
+    base = EvalConfig(
+        tasks=["passkey"],
+        lengths=[600],
+        samples=3,
+        methods=["xl3m", "bm25"],
+        read=False,
+        engine=tiny_config(tiny_model_dir, question=None, store_segments=4),
+    )
+    whole = await run_eval(base)
+    head = await run_eval(EvalConfig(**{**_fields(base), "samples": 1}))
+    tail = await run_eval(EvalConfig(**{**_fields(base), "samples": 2, "first_sample": 1}))
+
+    def key(samples: list) -> list[tuple]:
+        return [(s.method, s.seed, s.depth, s.tokens, s.selection_recall, s.evidence_rank) for s in samples]
+
+    # samples 1 and 2 of the seed, not two new ones: the same haystacks, depths and selections
+    assert key(tail.samples) == key(whole.samples[2:])
+    merged = merge_reports([head, tail])
+    assert sorted(key(merged.samples)) == sorted(key(whole.samples))
+    # the same sample twice is refused, not double-counted
+    with pytest.raises(ValueError, match="share samples"):
+        merge_reports([whole, tail])
+
+
+def test_first_sample_must_not_be_negative() -> None:
+    from xl3m_stream.errors import InputError
+
+    with pytest.raises(InputError, match="first_sample"):
+        EvalConfig(first_sample=-1)

@@ -105,6 +105,13 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--method", action="append", dest="methods", help="xl3m, xl3m-entropy, ..., bm25, embed, full")
     ev.add_argument("--depth", action="append", dest="depths", type=float, help="needle depths to cycle (0..1)")
     ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument(
+        "--first-sample",
+        type=int,
+        default=0,
+        metavar="I",
+        help="run samples I .. I+N-1 of the seed (as a run from 0 would), to split a long evaluation",
+    )
     ev.add_argument("--haystack", action="append", default=[], metavar="FILE", help="prose files for the haystack")
     ev.add_argument(
         "--corpus",

@@ -20,6 +20,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         tasks=args.tasks or ["passkey"],
         lengths=args.lengths or [32_000],
         samples=args.samples,
+        first_sample=args.first_sample,
         methods=args.methods or ["xl3m", "truncate"],
         seed=args.seed,
         depths=args.depths,

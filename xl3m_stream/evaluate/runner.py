@@ -66,6 +66,10 @@ class EvalConfig(msgspec.Struct, frozen=True, kw_only=True):
     tasks: list[str] = msgspec.field(default_factory=lambda: ["passkey"])
     lengths: list[int] = msgspec.field(default_factory=lambda: [32_000])
     samples: int = 5
+    first_sample: int = 0
+    """Index of the first sample: samples ``first_sample .. first_sample + samples - 1`` of the
+    seed are run, exactly as a run from 0 would run them, so a long evaluation can be split
+    (or extended) over sessions and machines and the reports merged (``scripts/merge_eval.py``)."""
     methods: list[str] = msgspec.field(default_factory=lambda: ["xl3m", "truncate"])
     seed: int = 0
     depths: list[float] | None = None
@@ -98,6 +102,8 @@ class EvalConfig(msgspec.Struct, frozen=True, kw_only=True):
             raise InputError("lengths must be at least 256 tokens")
         if self.samples < 1:
             raise InputError("samples must be at least 1")
+        if self.first_sample < 0:
+            raise InputError("first_sample must be at least 0")
         if self.depths is not None and any(not 0.0 <= d <= 1.0 for d in self.depths):
             raise InputError("depths must lie in [0, 1]")
         if self.scoring_question_tokens is not None and self.scoring_question_tokens < 1:
@@ -193,14 +199,15 @@ async def run_eval(cfg: EvalConfig, *, progress: ProgressFn | None = None) -> Re
     corpora = {task: corpus_identity(_corpus(task, cfg)) for task in cfg.tasks if task in REAL_TASKS}
     for task in cfg.tasks:
         for length in cfg.lengths:
-            for i in range(cfg.samples):
+            last = cfg.first_sample + cfg.samples
+            for i in range(cfg.first_sample, last):
                 seed = cfg.seed * 1_000_003 + i
                 depth = cfg.depths[i % len(cfg.depths)] if cfg.depths else None
                 async with Engine(engine_cfg) as engine:
                     model_name, window = engine.model_name, engine.model_window
                     reader, reader_window = engine.reader_name, engine.reader_window
                     sample = _sample(engine, task, length, seed, depth, cfg)
-                    say(f"{task} {length:,} tokens, sample {i + 1}/{cfg.samples} (depth {sample.depth:.2f})")
+                    say(f"{task} {length:,} tokens, sample {i + 1}/{last} (depth {sample.depth:.2f})")
                     out.extend(await _evaluate_sample(engine, sample, cfg, say))
     rows = aggregate(out)
     return Report(
