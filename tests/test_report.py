@@ -74,6 +74,14 @@ def test_merged_reports_aggregate_their_samples_together_and_refuse_overlap() ->
     other.config = {"seed": 7, "engine": {"model": "bigger"}}
     with pytest.raises(ValueError, match="different models or engine settings"):
         merge_reports([report(SAMPLES, 0), other])
+    # a real-text task over another corpus is another task: refused, not averaged in
+    mine, theirs = report(SAMPLES, 0), report(later, 7)
+    mine.corpora = {"prose-lexical": {"sha256": "a"}}
+    theirs.corpora = {"prose-lexical": {"sha256": "b"}}
+    with pytest.raises(ValueError, match="prose-lexical over different corpora"):
+        merge_reports([mine, theirs])
+    theirs.corpora = {"prose-lexical": {"sha256": "a"}, "log-real": {"sha256": "c"}}
+    assert merge_reports([mine, theirs]).corpora == theirs.corpora
 
 
 def test_table_and_losses_name_where_xl3m_is_beaten() -> None:

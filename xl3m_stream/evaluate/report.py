@@ -34,13 +34,19 @@ def markdown_table(rows: Sequence[ResultRow], window: int | None = None) -> str:
 def merge_reports(reports: Sequence[Report]) -> Report:
     """One report from runs of the same evaluation split over seeds (or machines): their samples
     together, aggregated again. The runs must share model, reader and engine settings; two runs
-    with the same sample (task, length, method, seed, depth) are refused, not double-counted."""
+    with the same sample (task, length, method, seed, depth) are refused, not double-counted, and
+    so are runs of a real-text task over different corpora (their samples are not the same task)."""
     if not reports:
         raise ValueError("nothing to merge")
     first = reports[0]
     for r in reports[1:]:
         if (r.model, r.reader, r.config.get("engine")) != (first.model, first.reader, first.config.get("engine")):
             raise ValueError("these reports used different models or engine settings: they do not merge")
+    corpora: dict[str, object] = {}
+    for r in reports:
+        for task, identity in r.corpora.items():
+            if corpora.setdefault(task, identity) != identity:
+                raise ValueError(f"these reports ran {task} over different corpora: they do not merge")
     samples = [s for r in reports for s in r.samples]
     keys = [(s.task, s.length, s.method, s.seed, s.depth) for s in samples]
     if len(set(keys)) != len(keys):
@@ -57,7 +63,7 @@ def merge_reports(reports: Sequence[Report]) -> Report:
         seconds=sum(r.seconds for r in reports),
         reader=first.reader,
         reader_window=first.reader_window,
-        corpora={k: v for r in reports for k, v in r.corpora.items()},
+        corpora=corpora,
     )
 
 
