@@ -1365,7 +1365,7 @@ EXPECTED_IMPORTED: dict[str, dict[str, str]] = {
         "write_report": "def (report: 'Report', directory: 'str | Path') -> 'list[Path]'",
     },
     "xl3m_stream.evaluate.runner": {
-        "EvalConfig": "struct (tasks, lengths, samples, methods, seed, depths, "
+        "EvalConfig": "struct (tasks, lengths, samples, first_sample, methods, seed, depths, "
         "haystack_files, corpus, scoring_question_tokens, read, "
         "keep_signals, engine)",
         "Report": "struct (model, window, machine, config, results, samples, seconds, reader, reader_window, corpora)",
