@@ -8,6 +8,7 @@ whether it covers the error, then one JSON object (alerts, hit, false alerts, se
 
     python benchmarks/watch_real_log.py                                  # the watch's defaults
     python benchmarks/watch_real_log.py -- --no-lexical --measure dense  # the dense watch, no gate
+    python benchmarks/watch_real_log.py --replay DUMP --embedder mpnet --threshold auto --threshold z4
 
 Results: docs/MONITORING.md ("A real log, a plain-words question").
 """
@@ -41,8 +42,17 @@ def main(argv: list[str] | None = None) -> int:
         help="also write every alert (JSON lines, with all its scores) here; with `-- --threshold -1e30 "
         "--cooldown 0 --warmup 0` every segment alerts, so the file holds every segment's signals",
     )
+    p.add_argument(
+        "--replay",
+        metavar="FILE",
+        help="no model run: replay a --dump FILE through the watch at each --threshold (fused measure)",
+    )
+    p.add_argument("--threshold", action="append", help="with --replay: a threshold to replay (repeatable)")
+    p.add_argument("--embedder", default="minilm", help="with --replay: the embedder the dump ran with")
     p.add_argument("extra", nargs="*", help="options for xl3m-stream watch (after --)")
     args = p.parse_args(argv)
+    if args.replay:
+        return _replay(args.replay, args.threshold or ["auto"], args.embedder)
     with open(args.log, encoding="utf-8", errors="replace") as f:
         lines = f.read().splitlines()[: args.lines]
     if len(lines) < 10:
@@ -86,6 +96,30 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": round(seconds, 1),
     }
     print(json.dumps(figures))
+    return 0
+
+
+def _replay(path: str, thresholds: list[str], embedder: str) -> int:
+    """The fused watch's alerts at each threshold, from a dump of every segment's signals."""
+    import msgspec
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from watch_incidents import Alert, replay
+
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    error_line = json.loads(lines[0])["error_line"]
+    decoder = msgspec.json.Decoder(Alert)
+    dump = [decoder.decode(line) for line in lines[1:] if line.strip()]
+    for threshold in thresholds:
+        alerts = replay(dump, threshold=threshold, measure="fused", warmup=None, cooldown=1, embedder=embedder)
+        hits = [a for a in alerts if a.meta["line_start"] <= error_line <= a.meta["line_end"]]
+        figures = {"threshold": threshold, "segments": len(dump), "alerts": len(alerts), "hit": bool(hits)}
+        figures["false_alerts"] = len(alerts) - len(hits)
+        figures["at"] = [
+            [a.meta["line_start"], a.meta["line_end"], round(a.score, 2), round(a.threshold, 2)] for a in alerts
+        ]
+        print(json.dumps(figures))
     return 0
 
 
