@@ -337,14 +337,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _main_replay(args: argparse.Namespace) -> int:
-    with open(args.replay, "rb") as f:
+def read_dump(path: str) -> tuple[dict[str, Any], list[Alert]]:
+    """A ``--dump`` file: its first line (what the run was), then every alert it recorded."""
+    with open(path, "rb") as f:
         head = msgspec.json.decode(f.readline())
-        truth = msgspec.convert(head["truth"], Truth)
-        args.model, args.segment_tokens = head.get("model"), head.get("segment_tokens")
-        dumped_with = head.get("embedder") or "minilm"  # dumps before 2026-12-05 did not say (mpnet ones: pass it)
         decoder = msgspec.json.Decoder(Alert)
-        dump = [decoder.decode(line) for line in f if line.strip()]
+        return head, [decoder.decode(line) for line in f if line.strip()]
+
+
+def _main_replay(args: argparse.Namespace) -> int:
+    head, dump = read_dump(args.replay)
+    truth = msgspec.convert(head["truth"], Truth)
+    args.model, args.segment_tokens = head.get("model"), head.get("segment_tokens")
+    dumped_with = head.get("embedder") or "minilm"  # dumps before 2026-12-05 did not say (mpnet ones: pass it)
     if args.embedder:
         dump = with_dense_from(dump, args.embedder)
     alerts = replay(

@@ -101,16 +101,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _replay(path: str, thresholds: list[str], embedder: str) -> int:
     """The fused watch's alerts at each threshold, from a dump of every segment's signals."""
-    import msgspec
-
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from watch_incidents import Alert, replay
+    from watch_incidents import read_dump, replay
 
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().splitlines()
-    error_line = json.loads(lines[0])["error_line"]
-    decoder = msgspec.json.Decoder(Alert)
-    dump = [decoder.decode(line) for line in lines[1:] if line.strip()]
+    head, dump = read_dump(path)
+    error_line = head["error_line"]
     for threshold in thresholds:
         alerts = replay(dump, threshold=threshold, measure="fused", warmup=None, cooldown=1, embedder=embedder)
         hits = [a for a in alerts if a.meta["line_start"] <= error_line <= a.meta["line_end"]]
