@@ -187,7 +187,9 @@ async def test_remote_answers_run_side_by_side(tiny_model_dir, server, slots) ->
     server before either ends. With ``reader_concurrency=1`` the second waits for the first."""
     state, base = server
     state.script = [("gated", "7143", "2"), ("gated", "7143", "2")]
-    async with Engine(remote_config(tiny_model_dir, base, reader_concurrency=slots)) as engine:
+    # the read timeout outlasts the 5 s wait below: with one slot the first answer is held that long
+    config = remote_config(tiny_model_dir, base, reader_concurrency=slots, reader_timeout_s=30.0)
+    async with Engine(config) as engine:
         await engine.process([PASSKEY_TEXT])
         answers: list[str] = []
 
