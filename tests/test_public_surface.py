@@ -1104,6 +1104,7 @@ EXPECTED_MODULES: dict[str, list[str]] = {
         "write_atomic",
     ],
     "xl3m_stream.relevance": [
+        "ANALYZER",
         "ArrivalFusion",
         "COMBINE",
         "LexicalIndex",
@@ -1118,6 +1119,7 @@ EXPECTED_MODULES: dict[str, list[str]] = {
         "passage_similarity",
         "query_terms",
         "reciprocal_rank_fusion",
+        "stem",
         "term_counts",
         "words",
     ],

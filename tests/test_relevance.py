@@ -14,13 +14,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from xl3m_stream import Engine, SegmentScored
-from xl3m_stream.evaluate.baselines import rank_bm25
+from xl3m_stream.evaluate.baselines import bm25_tokenize, rank_bm25
 from xl3m_stream.monitor import FUSED_THRESHOLD
 from xl3m_stream.relevance import (
+    ANALYZER,
     ArrivalFusion,
     LexicalIndex,
+    LexicalState,
     interleaved_rank_fusion,
+    query_terms,
     reciprocal_rank_fusion,
+    stem,
     term_counts,
     words,
 )
@@ -59,10 +63,67 @@ def test_streaming_bm25_equals_the_batch_bm25_of_the_evaluation() -> None:
     for c in chunks:
         index.add(term_counts(c))
     question = "Which service reported the disk failure?"
-    mine = [index.score(words(question), term_counts(c)) for c in chunks]
+    mine = [index.score(bm25_tokenize(question), term_counts(c)) for c in chunks]
     theirs = rank_bm25(chunks, question)
     assert mine == pytest.approx(theirs, rel=1e-5, abs=1e-6)
     assert max(range(len(chunks)), key=mine.__getitem__) == 0
+
+
+def test_lexical_terms_are_stems_so_inflections_match() -> None:
+    """ "dependency problems" finds "unmet dependencies" (a log-real miss of the unstemmed BM25)
+    and "failing" finds "failed"; stopwords stay out of the query."""
+    assert query_terms("Which packages had dependency problems?") == [
+        stem("packages"),
+        stem("dependency"),
+        stem("problems"),
+    ]
+    assert stem("dependency") == stem("dependencies") and stem("failing") == stem("failed")
+    chunks = [
+        "dpkg: dependency problems prevent configuration of libfoo",
+        "libbar depends on libbaz; however: package libbaz is not installed",
+        "Setting up libqux (1.2-1) ...",
+    ]
+    index = LexicalIndex()
+    for c in chunks:
+        index.add(term_counts(c))
+    question = "Which package has unmet dependencies and failed?"
+    scores = [index.score(query_terms(question), term_counts(c)) for c in chunks]
+    assert scores[0] > 0 and scores[1] > 0 and scores[2] == 0  # "depend" and "packag" match; nothing in the third
+    assert [
+        s for s in (index.score([w], term_counts(chunks[0])) for w in words(question)) if s
+    ] == []  # unstemmed: none
+
+
+_text = st.lists(
+    st.sampled_from(["disk", "disks", "failing", "failed", "fails", "the", "is", "node", "nodes"]), max_size=12
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(question=_text, segment=_text)
+def test_a_segment_scores_above_zero_exactly_when_it_shares_a_query_stem(question, segment) -> None:
+    index = LexicalIndex()
+    index.add(term_counts("unrelated filler"))
+    index.add(term_counts(" ".join(segment)))
+    q = query_terms(" ".join(question))
+    assert set(q) <= set(term_counts(" ".join(question)))  # query terms are terms of the question
+    shares = bool(set(q) & set(term_counts(" ".join(segment))))
+    assert (index.score(q, term_counts(" ".join(segment))) > 0) == shares
+
+
+def test_a_lexical_state_of_other_terms_is_refused_and_old_snapshots_read_as_unstemmed() -> None:
+    import msgspec
+
+    index = LexicalIndex()
+    index.add(term_counts("failing disks"))
+    state = index.state()
+    assert state.analyzer == ANALYZER
+    raw = msgspec.to_builtins(state)
+    del raw["analyzer"]  # what a snapshot written before stemming holds
+    old = msgspec.convert(raw, LexicalState)
+    assert old.analyzer == "words"
+    with pytest.raises(ValueError, match="snowball-english"):
+        LexicalIndex.from_state(old)
 
 
 def test_lexical_state_round_trip() -> None:
@@ -275,6 +336,51 @@ def test_a_restart_keeps_the_running_document_frequencies(tiny_model_dir, tmp_pa
     straight, _ = anyio.run(bm25_of, base, [first, second], cut, backend=anyio_backend)
     assert restarted and restarted.keys() == straight.keys()
     assert restarted == pytest.approx(straight)
+
+
+def test_a_snapshot_with_unstemmed_frequencies_restarts_them_with_a_warning(
+    tiny_model_dir, tmp_path, anyio_backend, caplog
+) -> None:
+    """A state written before stemming: its df counted other terms, so they are not reused (a
+    warning says so) and the lexical signal counts again from the restart on."""
+    import msgspec
+
+    from xl3m_stream.persistence.format import SNAPSHOT_MAGIC, frame, read_frame
+    from xl3m_stream.persistence.records import _snapshot_decoder
+
+    config = tiny_config(
+        tiny_model_dir,
+        question="What does the zorblatt counter report?",
+        relevance=["certainty", "lexical"],
+        state_dir=str(tmp_path / "state"),
+    )
+
+    async def run(text):
+        async with Engine(config) as engine:
+            await engine.process([text])
+            await engine.flush()
+            return engine.stats().segments_cut
+
+    cut = anyio.run(run, _stream("The zorblatt counter reports 4481."), backend=anyio_backend)
+    snaps = sorted((tmp_path / "state").glob("snapshot-*.bin"))
+    assert snaps and cut
+    for path in snaps:  # rewrite every snapshot as a pre-stemming version wrote it
+        with path.open("rb") as f:
+            payload, _ = read_frame(f, SNAPSHOT_MAGIC, path.stat().st_size)
+        snap = _snapshot_decoder.decode(payload)
+        assert snap.lexical.analyzer == ANALYZER and snap.lexical.documents == cut
+        old = msgspec.structs.replace(snap, lexical=msgspec.structs.replace(snap.lexical, analyzer="words"))
+        path.write_bytes(frame(SNAPSHOT_MAGIC, msgspec.msgpack.encode(old)))
+
+    async def restart():
+        async with Engine(config) as engine:
+            lexical = engine._signals.lexical  # internal: the restored index itself
+            return lexical.documents if lexical is not None else None
+
+    with caplog.at_level("WARNING", logger="xl3m_stream"):
+        documents = anyio.run(restart, backend=anyio_backend)
+    assert documents == 0  # not the old counts under new names
+    assert any("lexical frequencies were counted as 'words' terms" in r.getMessage() for r in caplog.records)
 
 
 @needs_embedder

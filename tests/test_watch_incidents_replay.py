@@ -99,3 +99,25 @@ def test_replay_of_a_dump_takes_its_recorded_embedder(tmp_path: Path, capsys: py
     assert watch_incidents.main(["--replay", str(path), "--measure", "fused"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["embedder"] == "mpnet" and summary["alerts"] == 1 and summary["threshold"] == "auto"
+
+
+def test_real_log_replay_takes_the_dumps_embedder_and_refuses_another(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    import msgspec
+    import watch_real_log
+
+    rows = [
+        msgspec.structs.replace(r, meta={"line_start": r.seq + 1, "line_end": r.seq + 1})
+        for r in _dump_with_a_spike_between_the_thresholds()
+    ]
+    path = tmp_path / "dump.jsonl"
+    head = {"error_line": 201, "question": QUESTION, "embedder": "mpnet"}
+    path.write_bytes(b"".join(msgspec.json.encode(x) + b"\n" for x in [head, *rows]))
+    assert watch_real_log.main(["--replay", str(path)]) == 0
+    figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert figures["threshold"] == "auto" and figures["alerts"] == 1 and figures["hit"] and not figures["false_alerts"]
+    assert watch_real_log.main(["--replay", str(path), "--embedder", "minilm"]) == 2
+    assert "ran with 'mpnet'" in capsys.readouterr().err

@@ -28,10 +28,12 @@ import re
 import zlib
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from functools import lru_cache
 from importlib import resources
 
 import msgspec
 import numpy as np
+import snowballstemmer
 
 from .running import RunningScores
 
@@ -70,11 +72,25 @@ def words(text: str) -> list[str]:
     return _WORD.findall(text.lower())
 
 
+ANALYZER = "snowball-english"
+"""How text becomes lexical terms: :func:`words`, each reduced to its Snowball English (Porter2)
+stem, so "dependency problems" matches "unmet dependencies" and "failing" matches "failed".
+Recorded in a :class:`LexicalState`: frequencies counted under another analyzer are not reused."""
+
+_stem_cached = lru_cache(maxsize=1 << 16)(snowballstemmer.stemmer("english").stemWord)
+
+
+def stem(word: str) -> str:
+    """The Snowball English stem of one lower-case word (``"dependencies"`` -> ``"depend"``);
+    the most recent 65,536 distinct words are cached (a stream repeats its words)."""
+    return _stem_cached(word)
+
+
 def query_terms(question: str) -> list[str]:
-    """The words of ``question`` a lexical query searches for: its words less :data:`STOPWORDS`
-    (all of its words if nothing else is left, so "Is it?" still queries something)."""
-    terms = words(question)
-    return [t for t in terms if t not in STOPWORDS] or terms
+    """The terms a lexical query for ``question`` searches for: the stems of its words less
+    :data:`STOPWORDS` (of all its words if nothing else is left, so "Is it?" still queries something)."""
+    found = words(question)
+    return [stem(t) for t in ([t for t in found if t not in STOPWORDS] or found)]
 
 
 class LexicalState(msgspec.Struct, frozen=True, kw_only=True):
@@ -85,6 +101,9 @@ class LexicalState(msgspec.Struct, frozen=True, kw_only=True):
     rows: int
     buckets: int
     counts: bytes
+    analyzer: str = "words"
+    """How the counted terms were made (:data:`ANALYZER`); ``"words"`` (unstemmed words) in a
+    snapshot written before stemming, which recorded no analyzer."""
 
 
 class LexicalIndex:
@@ -143,10 +162,15 @@ class LexicalIndex:
             rows=self.rows,
             buckets=self.buckets,
             counts=zlib.compress(self._counts.tobytes(), 1),
+            analyzer=ANALYZER,
         )
 
     @classmethod
     def from_state(cls, state: LexicalState) -> LexicalIndex:
+        """The index ``state`` describes. Raises ValueError when its counters are damaged or were
+        counted under another analyzer than :data:`ANALYZER` (its frequencies would not match)."""
+        if state.analyzer != ANALYZER:
+            raise ValueError(f"lexical state: terms made by {state.analyzer!r}, this version makes {ANALYZER!r}")
         index = cls(rows=state.rows, buckets=state.buckets)
         counts = np.frombuffer(zlib.decompress(state.counts), dtype=np.uint32)
         if counts.size != state.rows * state.buckets:
@@ -157,7 +181,8 @@ class LexicalIndex:
 
 
 def term_counts(text: str) -> Counter[str]:
-    return Counter(words(text))
+    """How often each term (:data:`ANALYZER`) occurs in ``text``: what :class:`LexicalIndex` counts."""
+    return Counter(stem(w) for w in words(text))
 
 
 COMBINE = ("max", "top2")

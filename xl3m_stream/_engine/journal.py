@@ -32,7 +32,7 @@ from ..persistence import (
     read_meta,
     tokenizer_fingerprint,
 )
-from ..relevance import ArrivalFusion, LexicalIndex
+from ..relevance import ANALYZER, ArrivalFusion, LexicalIndex
 from ..segmenter import newline_token_ids
 from ..sources import DecodeStats
 from ..store import SegmentStore
@@ -211,7 +211,16 @@ class Journal:
             if name in self._counters:
                 self._counters[name] = value
         if snap.lexical is not None and self._signals.lexical is not None:
-            self._signals.lexical = LexicalIndex.from_state(snap.lexical)
+            if snap.lexical.analyzer == ANALYZER:
+                self._signals.lexical = LexicalIndex.from_state(snap.lexical)
+            else:  # counted as other terms: the frequencies start again from this point of the stream
+                log.warning(
+                    "state %s: lexical frequencies were counted as %r terms, this version counts %r: "
+                    "they restart from here (the lexical signal is weaker until the stream refills them)",
+                    self._config.state_dir,
+                    snap.lexical.analyzer,
+                    ANALYZER,
+                )
 
     # -- logging ----------------------------------------------------------------------------
     def log(

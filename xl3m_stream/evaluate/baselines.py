@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..embedding import EMBED_PACKAGE, Embedder, default_embedder, embed_model_dir
-from ..relevance import reciprocal_rank_fusion, words
+from ..relevance import reciprocal_rank_fusion, stem, words
 
 __all__ = [
     "EMBED_PACKAGE",
@@ -101,8 +101,11 @@ def select_sink(
 # --------------------------------------------------------------------------------------
 
 
-bm25_tokenize = words
-"""Lower-case word tokens (:func:`xl3m_stream.relevance.words`): the engine's lexical signal splits alike."""
+def bm25_tokenize(text: str) -> list[str]:
+    """The Snowball English stems of ``text``'s words, as the engine's lexical signal makes its
+    terms (:data:`xl3m_stream.relevance.ANALYZER`): a stemmed BM25, as Lucene's English analyzer
+    and ``bm25s`` with a stemmer are, is the baseline a user would compare with."""
+    return [stem(w) for w in words(text)]
 
 
 def rank_bm25(chunks: Sequence[str], question: str) -> list[float]:
