@@ -48,7 +48,9 @@ def main(argv: list[str] | None = None) -> int:
         help="no model run: replay a --dump FILE through the watch at each --threshold (fused measure)",
     )
     p.add_argument("--threshold", action="append", help="with --replay: a threshold to replay (repeatable)")
-    p.add_argument("--embedder", default="minilm", help="with --replay: the embedder the dump ran with")
+    p.add_argument(
+        "--embedder", help="with --replay: the embedder the dump ran with (default: what the dump says, else minilm)"
+    )
     p.add_argument("extra", nargs="*", help="options for xl3m-stream watch (after --)")
     args = p.parse_args(argv)
     if args.replay:
@@ -76,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     alerts = [json.loads(line) for line in run.stdout.splitlines() if line.strip()]
     if args.dump:
         with open(args.dump, "w", encoding="utf-8") as f:
-            f.write(json.dumps({"error_line": error_line}) + "\n")
+            head = {"error_line": error_line, "question": args.question, "embedder": _embedder(args.extra)}
+            f.write(json.dumps(head) + "\n")
             f.writelines(json.dumps(a) + "\n" for a in alerts)
     hits = 0
     for a in alerts:
@@ -99,13 +102,28 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _replay(path: str, thresholds: list[str], embedder: str) -> int:
+def _embedder(extra: list[str]) -> str:
+    """The embedder the watch options name (``--embedder X`` or ``--embedder=X``), else the default."""
+    for i, option in enumerate(extra):
+        if option == "--embedder" and i + 1 < len(extra):
+            return extra[i + 1]
+        if option.startswith("--embedder="):
+            return option.split("=", 1)[1]
+    return "minilm"
+
+
+def _replay(path: str, thresholds: list[str], embedder: str | None) -> int:
     """The fused watch's alerts at each threshold, from a dump of every segment's signals."""
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from watch_incidents import read_dump, replay
 
     head, dump = read_dump(path)
     error_line = head["error_line"]
+    dumped_with = head.get("embedder")  # dumps before 2026-12-06 did not say
+    if embedder and dumped_with and embedder != dumped_with:
+        print(f"watch_real_log: the dump ran with {dumped_with!r}, not {embedder!r}", file=sys.stderr)
+        return 2
+    embedder = embedder or dumped_with or "minilm"
     for threshold in thresholds:
         alerts = replay(dump, threshold=threshold, measure="fused", warmup=None, cooldown=1, embedder=embedder)
         hits = [a for a in alerts if a.meta["line_start"] <= error_line <= a.meta["line_end"]]
