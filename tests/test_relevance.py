@@ -479,3 +479,12 @@ def test_a_one_sentence_needle_is_not_diluted_by_its_segment() -> None:
     assert best > whole + 0.1
     rows = e.encode_passages([segment, "", needle])
     assert [len(r) for r in rows][2] == 1 and all(np.allclose(np.linalg.norm(r, axis=1), 1, atol=1e-4) for r in rows)
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.text(max_size=200))
+def test_any_text_counts_one_term_per_word(text) -> None:
+    """Unicode, digits, identifiers, odd scripts: every word becomes exactly one non-empty term."""
+    counts = term_counts(text)
+    assert sum(counts.values()) == len(words(text))
+    assert all(term for term in counts)
